@@ -50,8 +50,9 @@ def build(
     from tapper.data.lamp_io import write_split
 
     with _clean_errors():
-        built = BUILDERS[source.value](input_path, split=split.value, seed=seed, min_profile=min_profile,
-                                       max_users=max_users)
+        builder = BUILDERS[Source(source).value]
+        built = builder(input_path, split=SplitKind(split).value, seed=seed, min_profile=min_profile,
+                        max_users=max_users)
         for name, lamp_split in built.items():
             write_split(out_dir, name, lamp_split)
     for line in built.summary.lines_of_text():
