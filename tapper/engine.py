@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 
 from tapper.data.records import ProfileItem
+from tapper.prefix.model import TapperModel
+from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, fit_user_row
 
 GenerationPath = Literal["personalized", "cold_start", "non_personalized"]
 
@@ -36,19 +38,53 @@ class GenerationResult:
 
 
 class TapperEngine:
-    """Implemented by the lead in this file; signatures are fixed."""
+    """Serves one trained run. Thread-safe for concurrent generate and fit_user_row calls: serving never
+    changes a shared weight, so the only per-call state is the row being fitted."""
 
-    row_size: int  # L * d
+    def __init__(self, model: TapperModel, train_config: TrainConfig | None = None):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.train_config = train_config or TrainConfig(show_progress=False)
+        self.train_config.show_progress = False
+        self.task = model.task
+        self.row_size = model.row_size
+        self.builder = builder_for(model, model.config)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> TapperEngine:
-        raise NotImplementedError
+        path = Path(path)
+        model = TapperModel.from_pretrained(path, device=device)
+        cfg_path = path / TRAIN_CONFIG_NAME
+        return cls(model, TrainConfig.load(cfg_path) if cfg_path.exists() else None)
+
+    def default_row(self) -> torch.Tensor:
+        """The cold-start row (the mean of the trained rows)."""
+        return self.model.user_state.mean_row().detach().clone()
 
     def generate(
         self, requests: list[GenerationRequest], max_new_tokens: int | None = None
     ) -> list[GenerationResult]:
-        """All requests in one batched forward pass, each row with its own user's prefix."""
-        raise NotImplementedError
+        """All requests in one batched forward pass, each row with its own user's prefix.
+
+        No row -> the mean row (cold start) plus P_q from whatever history there is; no history either
+        -> the mean row alone: the population-average prefix, which says nothing about this user."""
+        if not requests:
+            return []
+        examples = [
+            self.builder.for_query(r.user_id, r.input, r.history, query_day=r.query_day, example_id=str(i))
+            for i, r in enumerate(requests)
+        ]
+        default = self.default_row()
+        rows = torch.stack([default if r.user_row is None else r.user_row.to(default) for r in requests])
+        raw = self.model.generate(examples, user_rows=rows, max_new_tokens=max_new_tokens)
+        results = []
+        for r, ex, text in zip(requests, examples, raw, strict=True):
+            path: GenerationPath = (
+                "personalized" if r.user_row is not None else "cold_start" if r.history else "non_personalized"
+            )
+            results.append(GenerationResult(self.task.clean_output(text), text, list(ex.context.record_ids), path))
+        return results
 
     def fit_user_row(
         self,
@@ -59,8 +95,5 @@ class TapperEngine:
         progress: Callable[[int, int, float], None] | None = None,  # (step, total, loss)
     ) -> torch.Tensor:
         """Onboarding: fit one P_u row from this history alone, everything shared frozen."""
-        raise NotImplementedError
-
-    def default_row(self) -> torch.Tensor:
-        """The cold-start row (the mean of the trained rows)."""
-        raise NotImplementedError
+        examples = self.builder.from_history("onboarding", history, self.train_config.max_history_pairs)
+        return fit_user_row(self.model, examples, self.train_config, init=init, steps=steps, progress=progress)

@@ -1,5 +1,158 @@
+"""`tapper train | predict | onboard | demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+Opt = typer.Option
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """`--set key=value` pairs; values are JSON when they parse as JSON, strings otherwise."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+    from dataclasses import fields
+
+    from tapper.prefix.config import TapperConfig
+    from tapper.train import TrainConfig
+
+    model_keys = {f.name for f in fields(TapperConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - model_keys - train_keys
+    if unknown:
+        raise typer.BadParameter(f"unknown option(s) {sorted(unknown)}")
+    return ({k: v for k, v in overrides.items() if k in model_keys},
+            {k: v for k, v in overrides.items() if k in train_keys})
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _read(questions: Path, outputs: Path | None, task: str | None):
+    from tapper.data.lamp_io import LampFormatError, read_split
+
+    try:
+        return read_split(questions, outputs, task=task)
+    except (LampFormatError, OSError) as e:
+        _fail(str(e))
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def train(
+        task: Annotated[str, Opt(help="LaMP task, e.g. LaMP_7")],
+        questions: Annotated[Path, Opt(help="target users' *_questions.json (their profiles train P_u/P_q)")],
+        out: Annotated[Path, Opt(help="run directory (resumable: rerun the same command after a kill)")],
+        stage1_questions: Annotated[Path | None, Opt(help="other users' questions for the task LoRA")] = None,
+        stage1_outputs: Annotated[Path | None, Opt(help="golds for --stage1-questions")] = None,
+        model: Annotated[str, Opt(help="backbone: default | tiny | HF dir | .gguf file")] = "default",
+        device: Annotated[str, Opt()] = "cpu",
+        max_users: Annotated[int | None, Opt(help="use the first N target users")] = None,
+        set_: Annotated[list[str] | None, Opt("--set", help="config override key=value (repeatable)")] = None,
+    ) -> None:
+        """Stage 1 (task LoRA on other users, merged) then stage 2 (P_u + P_q + bridge on target histories)."""
+        from tapper.train import resolve_configs, train_tapper
+
+        m, t = split_overrides(parse_overrides(set_))
+        tcfg, cfg = resolve_configs(task, {"backbone": model, **m}, t)
+        target = _read(questions, None, tcfg.task)
+        if max_users:
+            target.questions = target.questions[:max_users]
+        stage1 = None
+        if stage1_questions is not None:
+            if stage1_outputs is None:
+                _fail("--stage1-questions needs --stage1-outputs (the task LoRA trains on gold outputs)")
+            stage1 = _read(stage1_questions, stage1_outputs, tcfg.task)
+        train_tapper(out, stage1, target, tcfg, cfg, device=device)
+        typer.echo(f"saved {out}")
+
+    @app.command()
+    def predict(
+        run: Annotated[Path, Opt(help="a trained run directory")],
+        questions: Annotated[Path, Opt(help="*_questions.json to answer")],
+        out: Annotated[Path, Opt(help="predictions file (LaMP outputs format)")],
+        device: Annotated[str, Opt()] = "cpu",
+        batch_size: Annotated[int, Opt()] = 16,
+        raw_out: Annotated[Path | None, Opt(help="also write the raw generations (JSON)")] = None,
+    ) -> None:
+        """Batched greedy generation, one user's prefix per row; users without a row get the mean row."""
+        from tapper.data.lamp_io import write_outputs
+        from tapper.io_utils import atomic_write_text
+        from tapper.predict import predict_examples
+        from tapper.prefix.model import TapperModel
+        from tapper.train import builder_for
+
+        model = TapperModel.from_pretrained(run, device=device).eval()
+        split = _read(questions, None, model.task.name)
+        builder = builder_for(model, model.config)
+        examples = [builder.for_question(q) for q in split.questions]
+        builder.undated.report(str(questions))
+        preds, raw = predict_examples(model.generate, examples, model.task, batch_size)
+        write_outputs(out, model.task.name, preds)
+        if raw_out:
+            atomic_write_text(raw_out, json.dumps(raw, ensure_ascii=False, indent=1) + "\n")
+        unknown = sum(q.user_id not in model.user_state for q in split.questions)
+        typer.echo(f"wrote {len(preds)} predictions to {out} ({unknown} users without a row used the mean row)")
+
+    @app.command()
+    def onboard(
+        run: Annotated[Path, Opt(help="a trained run directory; its user table is updated in place")],
+        questions: Annotated[Path, Opt(help="questions whose users (and profiles) to onboard")],
+        users: Annotated[str | None, Opt(help="comma-separated user ids (default: all in the file)")] = None,
+        device: Annotated[str, Opt()] = "cpu",
+        steps: Annotated[int | None, Opt(help="optimisation steps per user")] = None,
+    ) -> None:
+        """Fit (or refresh) P_u rows from each user's own history, everything shared frozen."""
+        import time
+
+        from tqdm.auto import tqdm
+
+        from tapper.prefix.model import TapperModel
+        from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, onboard_user
+
+        model = TapperModel.from_pretrained(run, device=device).eval()
+        cfg = TrainConfig.load(run / TRAIN_CONFIG_NAME) if (run / TRAIN_CONFIG_NAME).exists() else TrainConfig()
+        if steps:
+            cfg.onboard_steps = steps
+        split = _read(questions, None, model.task.name)
+        wanted = set(users.split(",")) if users else None
+        todo = [q for q in split.questions if wanted is None or q.user_id in wanted]
+        if wanted is not None and len({q.user_id for q in todo}) < len(wanted):
+            _fail(f"user(s) not in {questions}: {sorted(wanted - {q.user_id for q in todo})}")
+        builder = builder_for(model, model.config)
+        began = time.perf_counter()
+        for q in tqdm(todo, desc="onboard"):
+            onboard_user(model, q.user_id, q.profile, cfg, builder)
+        model.save_user_state(run)
+        typer.echo(f"onboarded {len(todo)} user(s) in {time.perf_counter() - began:.1f} s; table has "
+                   f"{len(model.user_state)} rows")
+
+    @app.command()
+    def demo(
+        model: Annotated[str, Opt(help="backbone: default | tiny | HF dir | .gguf file")] = "default",
+        out: Annotated[Path, Opt(help="where runs and demo_results.json go")] = Path("runs/demo"),
+        device: Annotated[str, Opt()] = "cpu",
+        set_: Annotated[list[str] | None, Opt("--set", help="train override key=value (repeatable)")] = None,
+    ) -> None:
+        """Train and compare TAP-PER vs non-personalized on the built-in sample (the README's first command)."""
+        from tapper.demo import run_demo
+
+        _, t = split_overrides(parse_overrides(set_))
+        run_demo(model, out, device, t)

@@ -1,0 +1,261 @@
+"""TAP-PER's training recipes: stage 1 (task LoRA, merged), stage 2 (P_u + P_q + bridge), onboarding.
+
+A run directory holds the shared part and the user table apart, so a table can be swapped or grown
+without rewriting the shared weights:
+
+    run/tapper_config.json  run/train_config.json  run/task_adapter/  run/bridge/
+    run/query_prefix.safetensors  run/user_state/{user_state.safetensors,users.json}
+    run/checkpoints/{stage1,stage2}/   (resumable; removed when a stage completes)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tapper.backbone import Backbone, load_backbone
+from tapper.batching import answer_loss
+from tapper.data.records import LampSplit, ProfileItem
+from tapper.data.tasks import get_task
+from tapper.examples import Example, ExampleBuilder
+from tapper.io_utils import atomic_replace_dir, atomic_write_text
+from tapper.lora import add_lora
+from tapper.prefix.config import TapperConfig
+from tapper.prefix.model import TASK_ADAPTER_DIR, TapperModel, merge_task_adapter
+from tapper.train_loop import LoopConfig, LoopResult, train
+
+log = logging.getLogger(__name__)
+TRAIN_CONFIG_NAME = "train_config.json"
+
+
+@dataclass
+class TrainConfig:
+    """How TAP-PER is trained. Per-task defaults live in tapper/configs/<task>.json."""
+
+    seed: int = 0
+    batch_size: int = 8
+    stage1_lr: float = 3e-4
+    stage1_epochs: float = 1.0
+    stage1_max_examples: int | None = None
+    stage2_lr: float = 1e-3  # P_q and the bridge LoRA
+    user_lr: float = 1e-2  # P_u rows: each row sees only its own user's few examples
+    stage2_epochs: float = 2.0
+    max_history_pairs: int | None = 16  # per user, most recent first
+    onboard_steps: int = 30
+    onboard_lr: float = 5e-2
+    checkpoint_every: int = 25
+    show_progress: bool = True
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def task_defaults(task: str) -> tuple[dict, dict]:
+    """(model overrides, train overrides) from the task's config file, if it has one."""
+    name = f"{get_task(task).name}.json"
+    ref = resources.files("tapper.configs") / name
+    if not ref.is_file():
+        return {}, {}
+    data = json.loads(ref.read_text(encoding="utf-8"))
+    return data.get("model", {}), data.get("train", {})
+
+
+def resolve_configs(task: str, model_overrides: dict | None = None, train_overrides: dict | None = None
+                    ) -> tuple[TapperConfig, TrainConfig]:
+    """Dataclass defaults < the task's config file < explicit overrides (e.g. from the command line)."""
+    model_defaults, train_defaults = task_defaults(task)
+    m = {**model_defaults, **(model_overrides or {}), "task": get_task(task).name}
+    t = {**train_defaults, **(train_overrides or {})}
+    for cls, given in ((TapperConfig, m), (TrainConfig, t)):
+        unknown = set(given) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} option(s): {sorted(unknown)}")
+    return TapperConfig(**m), TrainConfig(**t)
+
+
+def _loop(cfg: TrainConfig, lr: float, epochs: float = 1.0, max_steps: int | None = None) -> LoopConfig:
+    return LoopConfig(
+        lr=lr, epochs=epochs, max_steps=max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every, show_progress=cfg.show_progress,
+    )
+
+
+# -- example sets ---------------------------------------------------------------------------------
+
+def question_pairs(builder: ExampleBuilder, split: LampSplit, limit: int | None = None) -> list[Example]:
+    """Stage-1 data: other users' questions with their gold outputs."""
+    qs = split.questions[:limit] if limit else split.questions
+    return [builder.for_question(q, answer=split.gold(q.id)) for q in qs]
+
+
+def history_examples(builder: ExampleBuilder, split: LampSplit, max_pairs: int | None) -> list[Example]:
+    """Stage-2 data: each target user's history records replayed as (input, output) pairs."""
+    out: list[Example] = []
+    for q in split.questions:
+        out += builder.from_history(q.user_id, q.profile, max_pairs)
+    builder.undated.report(f"{split.task} history")
+    return out
+
+
+# -- stage 1: task LoRA -----------------------------------------------------------------------------
+
+def train_task_lora(
+    backbone: Backbone, examples: list[Example], tcfg: TapperConfig, cfg: TrainConfig, run_dir: Path
+) -> Backbone:
+    """Train the task LoRA on other users' pairs, save it, and return the backbone with it merged in.
+    A run that already holds a task adapter reuses it (a resumed run does not redo stage 1)."""
+    adapter_dir = run_dir / TASK_ADAPTER_DIR
+    if adapter_dir.exists():
+        log.info("stage 1: reusing %s", adapter_dir)
+        return merge_task_adapter(backbone, adapter_dir)
+    for p in backbone.model.parameters():
+        p.requires_grad_(False)
+    peft_model = add_lora(
+        backbone.model, tcfg.task_lora_r, tcfg.task_lora_alpha, tcfg.task_lora_dropout, tcfg.lora_targets
+    )
+    tok = backbone.tokenizer
+
+    def loss_fn(batch: list[Example]) -> tuple[torch.Tensor, int]:
+        return answer_loss(peft_model, tok, [e.prompt for e in batch], [e.answer or "" for e in batch],
+                           tcfg.max_answer_tokens)
+
+    result = train(peft_model, examples, loss_fn, _loop(cfg, cfg.stage1_lr, cfg.stage1_epochs),
+                   checkpoint_dir=run_dir / "checkpoints" / "stage1", desc="stage 1 (task LoRA)")
+    log.info("stage 1: %d steps, loss %.3f, %.0f tok/s", result.steps, result.final_loss, result.tokens_per_second)
+    atomic_replace_dir(adapter_dir, lambda tmp: peft_model.save_pretrained(str(tmp)))
+    shutil.rmtree(run_dir / "checkpoints" / "stage1", ignore_errors=True)
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    return Backbone(model=merged, tokenizer=tok, name=backbone.name)
+
+
+# -- stage 2: P_u + P_q + bridge --------------------------------------------------------------------
+
+def train_prefixes(model: TapperModel, examples: list[Example], cfg: TrainConfig, run_dir: Path) -> LoopResult:
+    """Train the user table, P_q and the bridge together on the target users' history pairs."""
+    model.user_state.add_users([e.user_id for e in examples])
+    params: list[nn.Parameter] = []
+    lrs: dict[int, float] = {}
+    if model.config.use_user_state:
+        model.user_state.weight.requires_grad_(True)
+        params.append(model.user_state.weight)
+        lrs[id(model.user_state.weight)] = cfg.user_lr
+    else:
+        model.user_state.weight.requires_grad_(False)
+    if model.config.use_query_prefix:
+        params += list(model.query_prefix.parameters())
+    params += [p for n, p in model.lm.named_parameters() if "lora_" in n]
+    result = train(model, examples, model.loss, _loop(cfg, cfg.stage2_lr, cfg.stage2_epochs), params=params,
+                   param_lrs=lrs, checkpoint_dir=run_dir / "checkpoints" / "stage2", desc="stage 2 (prefixes)")
+    log.info("stage 2: %d steps, loss %.3f, %.0f tok/s", result.steps, result.final_loss, result.tokens_per_second)
+    return result
+
+
+# -- onboarding: one row, everything shared frozen ----------------------------------------------------
+
+class _Row(nn.Module):
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.row = nn.Parameter(init.detach().clone())
+
+
+def fit_user_row(
+    model: TapperModel,
+    examples: list[Example],
+    cfg: TrainConfig,
+    init: torch.Tensor | None = None,
+    steps: int | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> torch.Tensor:
+    """Fit one P_u row on one user's history pairs; nothing shared changes (its grads are never taken)."""
+    start = model.user_state.mean_row() if init is None else init.to(model.device)
+    if not examples or not model.config.use_user_state:
+        return start.detach().clone()
+    holder = _Row(start)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    model.eval()  # no dropout in the frozen parts while one row is fitted
+    try:
+        def loss_fn(batch: list[Example]) -> tuple[torch.Tensor, int]:
+            return model.loss(batch, user_rows=holder.row.expand(len(batch), -1))
+
+        loop = _loop(cfg, cfg.onboard_lr, max_steps=steps or cfg.onboard_steps)
+        loop.checkpoint_every = 0
+        loop.show_progress = False
+        train(holder, examples, loss_fn, loop, desc="onboard", on_step=progress)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return holder.row.detach().clone()
+
+
+def onboard_user(model: TapperModel, user_id: str, history: list[ProfileItem], cfg: TrainConfig,
+                 builder: ExampleBuilder) -> torch.Tensor:
+    """Add or refresh one user's row from that user's history alone."""
+    examples = builder.from_history(user_id, history, cfg.max_history_pairs)
+    init = model.user_state.rows([user_id])[0].detach() if user_id in model.user_state else None
+    row = fit_user_row(model, examples, cfg, init=init)
+    model.user_state.set_row(user_id, row)
+    return row
+
+
+# -- the whole pipeline -----------------------------------------------------------------------------
+
+def builder_for(model_or_backbone: TapperModel | Backbone, tcfg: TapperConfig) -> ExampleBuilder:
+    backbone = model_or_backbone
+    if isinstance(model_or_backbone, TapperModel):
+        backbone = Backbone(model=model_or_backbone.hf_model, tokenizer=model_or_backbone.tokenizer,
+                            name=model_or_backbone.backbone_name)
+    return ExampleBuilder(get_task(tcfg.task), backbone, tcfg.top_k, tcfg.retriever, tcfg.max_input_tokens)
+
+
+def train_tapper(
+    run_dir: str | Path,
+    stage1_split: LampSplit | None,
+    target_split: LampSplit,
+    tcfg: TapperConfig,
+    cfg: TrainConfig,
+    backbone: Backbone | None = None,
+    device: str = "cpu",
+) -> TapperModel:
+    """Stage 1 on `stage1_split` (other users, with golds; None skips it), then stage 2 on the target
+    users' histories. Resumable: rerun the same call after a kill and it continues where it stopped."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    backbone = backbone or load_backbone(tcfg.backbone, device=device)
+    tcfg.save(run_dir / "tapper_config.json")
+    cfg.save(run_dir / TRAIN_CONFIG_NAME)
+    if stage1_split is not None:
+        builder = ExampleBuilder(get_task(tcfg.task), backbone, 0, tcfg.retriever, tcfg.max_input_tokens)
+        backbone = train_task_lora(
+            backbone, question_pairs(builder, stage1_split, cfg.stage1_max_examples), tcfg, cfg, run_dir
+        )
+    torch.manual_seed(cfg.seed)
+    model = TapperModel(backbone, tcfg, sorted({q.user_id for q in target_split.questions}))
+    examples = history_examples(builder_for(backbone, tcfg), target_split, cfg.max_history_pairs)
+    train_prefixes(model, examples, cfg, run_dir)
+    model.save_pretrained(run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "stage2", ignore_errors=True)
+    return model
+
+
+def init_run(out_dir: str | Path, backbone: str = "tiny", task: str = "LaMP_3", **overrides) -> Path:
+    """An untrained run directory (random P_q, zero-init bridge, empty user table): for tests and smoke runs."""
+    tcfg, _ = resolve_configs(task, {"backbone": backbone, **overrides})
+    model = TapperModel(load_backbone(backbone), tcfg)
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
