@@ -348,3 +348,13 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatc
         write_outputs(target, "LaMP_3", {"1": "1", "2": "2"})
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]
+
+
+def test_read_split_unknown_tasks(tmp_path, caplog):
+    q = write_json(tmp_path / "q.json", lamp_questions())
+    with pytest.raises(KeyError, match="unknown task 'LaMP_99'"):
+        read_split(q, task="LaMP_99")
+    other = write_json(tmp_path / "o.json", {"task": "LaMP_99", "golds": _golds()["golds"]})
+    with caplog.at_level(logging.WARNING, logger="tapper.data.lamp_io"):
+        assert read_split(q, other).task == "LaMP_99"
+    assert "not registered" in caplog.text

@@ -240,7 +240,13 @@ def read_split(
     outputs_path: str | os.PathLike[str] | None = None,
     task: str | None = None,
 ) -> LampSplit:
-    """Questions plus (optionally) their golds; every question needs a gold and every gold a question."""
+    """Questions plus (optionally) their golds; every question needs a gold and every gold a question.
+
+    A task asked for by name must be registered (KeyError otherwise); an unregistered task named only
+    by the outputs file is accepted with a warning, its profile fields unchecked.
+    """
+    if task is not None:
+        task = get_task(task).name
     golds: dict[str, str] | None = None
     name = task
     if outputs_path is not None:
