@@ -78,12 +78,14 @@ def stats(
         numbers = split_stats(read_split(questions, outputs, task=task))
         if json_out is not None:
             write_json_atomic(json_out, numbers, indent=1)
-    table = Table(title=str(questions))
+    console = Console()
+    console.print(f"[bold]{questions}[/bold]", soft_wrap=True, highlight=False)
+    table = Table()
     table.add_column("stat")
     table.add_column("value", overflow="fold")
     for name, value in stats_rows(numbers):
         table.add_row(name, value)
-    Console().print(table)
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
