@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from tapper.data.records import LampSplit, ProfileItem, Question
 from tapper.data.tasks import get_task
+from tapper.io_utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -333,19 +333,7 @@ def _kind(value: Any) -> str:
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 text via a temp file in the same directory and os.replace (never half-written)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(Path(path), text)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None = None) -> None:
