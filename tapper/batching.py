@@ -25,6 +25,7 @@ class TrainBatch:
     attention_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T), IGNORE outside the answers
     answer_tokens: int
+    tokens: int  # every real (non-pad) token: what throughput is measured in
 
 
 def encode_train(tokenizer, prompts: list[str], answers: list[str], max_answer_tokens: int) -> TrainBatch:
@@ -42,7 +43,7 @@ def encode_train(tokenizer, prompts: list[str], answers: list[str], max_answer_t
         input_ids[r, : len(ids)] = torch.tensor(ids)
         labels[r, : len(lab)] = torch.tensor(lab)
         mask[r, : len(ids)] = 1
-    return TrainBatch(input_ids, mask, labels, int((labels != IGNORE).sum()))
+    return TrainBatch(input_ids, mask, labels, int((labels != IGNORE).sum()), int(mask.sum()))
 
 
 def encode_prompts_left(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,13 +95,12 @@ def answer_loss(
     lm, tokenizer, prompts: list[str], answers: list[str], max_answer_tokens: int,
     prefix: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over the answer tokens (+ eos), with an optional per-row prefix.
-
-    `lm` is any HF causal LM (or peft wrapper); the prompt and prefix positions carry no loss."""
+    """(mean next-token cross-entropy over the answer tokens + eos, tokens processed), with an optional
+    per-row prefix. `lm` is any HF causal LM (or peft wrapper); prompt and prefix positions carry no loss."""
     batch = encode_train(tokenizer, prompts, answers, max_answer_tokens)
     device = lm.get_input_embeddings().weight.device
     ids, mask, labels = (t.to(device) for t in (batch.input_ids, batch.attention_mask, batch.labels))
     embeds = lm.get_input_embeddings()(ids)
     embeds, mask, labels = with_prefix(embeds, mask, prefix, labels)
     out = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
-    return out.loss, batch.answer_tokens
+    return out.loss, batch.tokens + (0 if prefix is None else prefix.shape[0] * prefix.shape[1])

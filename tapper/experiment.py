@@ -46,7 +46,8 @@ def copy_backbone(backbone: Backbone) -> Backbone:
 
 def stage1(backbone: Backbone, split: LampSplit, tcfg: TapperConfig, cfg: TrainConfig, run_dir: Path) -> Backbone:
     builder = builder_for(backbone, replace(tcfg, top_k=0))
-    return train_task_lora(backbone, question_pairs(builder, split, cfg.stage1_max_examples), tcfg, cfg, run_dir)
+    examples = question_pairs(builder, split, cfg.stage1_max_examples, cfg.stage1_history_pairs)
+    return train_task_lora(backbone, examples, tcfg, cfg, run_dir)
 
 
 def evaluate_model(model: TapperModel, target: LampSplit, batch_size: int = 16, show_progress: bool = True,
@@ -56,7 +57,8 @@ def evaluate_model(model: TapperModel, target: LampSplit, batch_size: int = 16, 
     began = time.perf_counter()
     preds, raw = predict_examples(model.generate, examples, model.task, batch_size, desc, show_progress)
     seconds = time.perf_counter() - began
-    return evaluate(model.task, target.golds or {}, preds), preds, raw, seconds
+    golds = {q.id: target.gold(q.id) for q in target.questions}
+    return evaluate(model.task, golds, preds), preds, raw, seconds
 
 
 def run_variant(

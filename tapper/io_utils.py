@@ -9,10 +9,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp's temp files are 0600). Read once at import:
+    os.umask can only be read by setting it, which would race with other threads creating files."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -33,6 +45,7 @@ def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

@@ -45,6 +45,7 @@ class TrainConfig:
     stage1_lr: float = 3e-4
     stage1_epochs: float = 1.0
     stage1_max_examples: int | None = None
+    stage1_history_pairs: int = 0  # per other user: their latest history pairs join their questions in stage 1
     stage2_lr: float = 1e-3  # P_q and the bridge LoRA
     user_lr: float = 1e-2  # P_u rows: each row sees only its own user's few examples
     stage2_epochs: float = 2.0
@@ -94,10 +95,17 @@ def _loop(cfg: TrainConfig, lr: float, epochs: float = 1.0, max_steps: int | Non
 
 # -- example sets ---------------------------------------------------------------------------------
 
-def question_pairs(builder: ExampleBuilder, split: LampSplit, limit: int | None = None) -> list[Example]:
-    """Stage-1 data: other users' questions with their gold outputs."""
+def question_pairs(
+    builder: ExampleBuilder, split: LampSplit, limit: int | None = None, history_pairs: int = 0
+) -> list[Example]:
+    """Stage-1 data: other users' questions with their gold outputs (and, optionally, their latest
+    history records as pairs too: still other users' data, and cheap extra task supervision)."""
     qs = split.questions[:limit] if limit else split.questions
-    return [builder.for_question(q, answer=split.gold(q.id)) for q in qs]
+    out = [builder.for_question(q, answer=split.gold(q.id)) for q in qs]
+    if history_pairs:
+        for q in qs:
+            out += builder.from_history(q.user_id, q.profile, history_pairs)
+    return out
 
 
 def history_examples(builder: ExampleBuilder, split: LampSplit, max_pairs: int | None) -> list[Example]:
@@ -242,7 +250,9 @@ def train_tapper(
     if stage1_split is not None:
         builder = ExampleBuilder(get_task(tcfg.task), backbone, 0, tcfg.retriever, tcfg.max_input_tokens)
         backbone = train_task_lora(
-            backbone, question_pairs(builder, stage1_split, cfg.stage1_max_examples), tcfg, cfg, run_dir
+            backbone,
+            question_pairs(builder, stage1_split, cfg.stage1_max_examples, cfg.stage1_history_pairs),
+            tcfg, cfg, run_dir,
         )
     torch.manual_seed(cfg.seed)
     model = TapperModel(backbone, tcfg, sorted({q.user_id for q in target_split.questions}))

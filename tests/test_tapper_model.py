@@ -158,7 +158,8 @@ def test_answer_only_loss_masks_prompt_and_prefix(backbone):
     model = make_model(backbone)
     ex = builder(model).for_question(make_split().questions[0], answer="5")
     loss, n = model.loss([ex])
-    assert n == len(tok("5", add_special_tokens=False)["input_ids"]) + 1
+    prompt_len = len(tok(ex.prompt, add_special_tokens=False)["input_ids"])
+    assert n == 4 + prompt_len + len(tok("5", add_special_tokens=False)["input_ids"]) + 1  # prefix+prompt+answer+eos
     assert torch.isfinite(loss)
 
 

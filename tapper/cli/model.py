@@ -150,9 +150,11 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, Opt(help="where runs and demo_results.json go")] = Path("runs/demo"),
         device: Annotated[str, Opt()] = "cpu",
         set_: Annotated[list[str] | None, Opt("--set", help="train override key=value (repeatable)")] = None,
+        users: Annotated[int, Opt(help="target users (of the sample's 32)")] = 16,
+        same_budget: Annotated[bool, Opt(help="also train the non-personalized LoRA for the same steps")] = False,
     ) -> None:
         """Train and compare TAP-PER vs non-personalized on the built-in sample (the README's first command)."""
         from tapper.demo import run_demo
 
         _, t = split_overrides(parse_overrides(set_))
-        run_demo(model, out, device, t)
+        run_demo(model, out, device, t, users, same_budget)
