@@ -5,7 +5,8 @@ The fake follows TapperEngine's interface so the service can be tested without a
   later than the query (all records when the query has no date), newest first. An input containing "BOOM"
   raises, to test that one bad request fails alone.
 - fit_user_row: FAKE_FIT_STEPS steps of FAKE_FIT_DELAY_MS each; the row is filled with the record count.
-- FAKE_GENERATE_DELAY_MS slows each forward pass (to fill the queue on purpose).
+- FAKE_BLOCK_FILE: while that file exists, generate and fit_user_row wait (at most 60 s), so a test can
+  hold the engine busy, fill the queue, and then release it.
 
 The server is `uvicorn test_serve_support:app_from_env --factory`, configured by environment variables,
 so each test decides the store, the limits and the test-only store hooks of its own server process.
@@ -22,8 +23,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import torch
 
@@ -33,6 +38,26 @@ from tapper.engine import GenerationRequest, GenerationResult
 TESTS_DIR = Path(__file__).resolve().parent
 FAKE_ROW_SIZE = 8
 FAKE_TASK = "LaMP_3"
+PG_URL = os.environ.get("TAPPER_TEST_PG_URL")
+
+
+@contextmanager
+def fresh_store_url(backend: str, tmp: Path) -> Iterator[str]:
+    """An empty store: a new SQLite file, or a new PostgreSQL schema (dropped afterwards)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp / f'users-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 class FakeEngine:
@@ -43,9 +68,7 @@ class FakeEngine:
         self.batches: list[int] = []
 
     def generate(self, requests: list[GenerationRequest], max_new_tokens: int | None = None):
-        delay = float(os.environ.get("FAKE_GENERATE_DELAY_MS", "0")) / 1000.0
-        if delay:
-            time.sleep(delay)
+        _wait_while_blocked()
         if any("BOOM" in r.input for r in requests):
             raise RuntimeError("fake engine asked to fail")
         self.batches.append(len(requests))
@@ -60,6 +83,7 @@ class FakeEngine:
         return out
 
     def fit_user_row(self, history: list[ProfileItem], *, steps=None, init=None, progress=None) -> torch.Tensor:
+        _wait_while_blocked()
         total = steps or int(os.environ.get("FAKE_FIT_STEPS", "4"))
         delay = float(os.environ.get("FAKE_FIT_DELAY_MS", "0")) / 1000.0
         for step in range(1, total + 1):
@@ -70,6 +94,13 @@ class FakeEngine:
 
     def default_row(self) -> torch.Tensor:
         return torch.zeros(FAKE_ROW_SIZE)
+
+
+def _wait_while_blocked() -> None:
+    block = os.environ.get("FAKE_BLOCK_FILE")
+    deadline = time.monotonic() + 60.0
+    while block and Path(block).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def app_from_env():
@@ -84,6 +115,7 @@ def app_from_env():
         queue_size=int(os.environ.get("TAPPER_TEST_QUEUE_SIZE", "256")),
         max_body_bytes=int(os.environ.get("TAPPER_TEST_MAX_BODY", str(4 * 1024 * 1024))),
         max_pending_jobs=int(os.environ.get("TAPPER_TEST_MAX_JOBS", "16")),
+        stale_job_s=float(os.environ.get("TAPPER_TEST_STALE_JOB_S", "600")),
     )
     return create_app(FakeEngine(), UserStore(os.environ["TAPPER_TEST_DB"]), get_task(FAKE_TASK), config)
 

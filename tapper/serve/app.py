@@ -68,7 +68,7 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
         engine.generate, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
         queue_size=config.queue_size, on_batch=metrics.batch_size.observe,
     )
-    jobs = RefreshJobs(engine, store, cache, metrics, config.max_pending_jobs)
+    jobs = RefreshJobs(engine, store, cache, metrics, config.max_pending_jobs, config.stale_job_s)
     metrics.add_gauge("tapper_users", "users in the store (all tenants)", store.count_users)
     metrics.add_gauge("tapper_queue_depth", "generate requests waiting for a batch", lambda: batcher.depth)
     metrics.add_gauge("tapper_jobs_pending", "refresh jobs queued or running here", lambda: jobs.pending)

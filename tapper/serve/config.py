@@ -14,7 +14,9 @@ class ServeConfig:
     max_pending_jobs: int = 16  # refresh jobs queued or running; beyond it: 503 + Retry-After
     max_body_bytes: int = 4 * 1024 * 1024  # any request body larger than this: 413
     retry_after_s: int = 1
-    stale_job_s: float = 600.0  # an unfinished job not updated for this long is reported failed at startup
+    # A refresh job that has not moved for this long is taken for dead (its server crashed) and failed, at
+    # startup or when its user asks for a new refresh. A running fit reports progress every 0.5 s.
+    stale_job_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "queue_size", "max_pending_jobs", "max_body_bytes"):

@@ -32,10 +32,11 @@ class NothingToFit(RuntimeError):
 class RefreshJobs:
     def __init__(
         self, engine: TapperEngine, store: UserStore, cache: UserStateCache, metrics: ServeMetrics,
-        max_pending: int,
+        max_pending: int, stale_after_s: float,
     ) -> None:
         self.engine, self.store, self.cache, self.metrics = engine, store, cache, metrics
         self.max_pending = max_pending
+        self.stale_after_s = stale_after_s
         self._pending = 0
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tapper-refresh")
@@ -53,8 +54,12 @@ class RefreshJobs:
             raise NothingToFit(f"user {user_id!r} has no records to fit a row on")
         with self._lock:
             if self._pending >= self.max_pending:
+                running = self.store.active_job(head.uid)  # a repeated refresh is not new work
+                if running is not None:
+                    return running
                 raise TooManyJobs(f"{self._pending} refresh jobs are already queued or running")
-            job, created = self.store.start_job(tenant, user_id, head.uid, total=0)
+            job, created = self.store.start_job(tenant, user_id, head.uid, total=0,
+                                                stale_after_s=self.stale_after_s)
             if created:
                 self._pending += 1
                 self._executor.submit(self._run, job)
@@ -76,7 +81,8 @@ class RefreshJobs:
                 self._pending -= 1
 
     def _fit(self, job: Job) -> None:
-        self.store.update_job(job.id, status="running")
+        if not self.store.claim_job(job.id):
+            raise UserGone("the job was failed as stale or deleted with its user before it started")
         history_version, history = self.store.load_history(job.uid)
         last_write = 0.0
 

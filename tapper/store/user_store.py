@@ -268,14 +268,17 @@ class UserStore:
 
     # ---- refresh jobs -------------------------------------------------------------------------------------
 
-    def start_job(self, tenant: str, user_id: str, uid: str, total: int) -> tuple[Job, bool]:
-        """(job, created): an unfinished job of the same user is returned instead of starting a second one."""
+    def start_job(
+        self, tenant: str, user_id: str, uid: str, total: int, stale_after_s: float | None = None
+    ) -> tuple[Job, bool]:
+        """(job, created): an unfinished job of the same user is returned instead of starting a second one,
+        unless it has not moved for `stale_after_s` seconds (its server died): then it is failed and replaced."""
         with self.db.transaction() as cur:
-            active = cur.execute(
-                f"SELECT id FROM jobs WHERE uid = ? AND status IN {_ACTIVE_SQL}", (uid,)
-            ).one()
+            if stale_after_s is not None:
+                self._fail_stale(cur, stale_after_s, uid)
+            active = self._active_job(cur, uid)
             if active is not None:
-                return self._job(cur, active[0]), False
+                return active, False
             now = time.time()
             job_id = uuid.uuid4().hex
             cur.execute(
@@ -284,6 +287,24 @@ class UserStore:
                 (job_id, tenant, user_id, uid, total, now, now),
             )
             return self._job(cur, job_id), True
+
+    def claim_job(self, job_id: str) -> bool:
+        """queued -> running; False when the job is gone or no longer queued (failed as stale, deleted)."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE jobs SET status = 'running', updated = ? WHERE id = ? AND status = 'queued'",
+                (time.time(), job_id),
+            )
+            return cur.rowcount == 1
+
+    def active_job(self, uid: str) -> Job | None:
+        """The user's queued or running job, if any."""
+        with self.db.transaction(read_only=True) as cur:
+            return self._active_job(cur, uid)
+
+    def _active_job(self, cur: Cursor, uid: str) -> Job | None:
+        found = cur.execute(f"SELECT id FROM jobs WHERE uid = ? AND status IN {_ACTIVE_SQL}", (uid,)).one()
+        return None if found is None else self._job(cur, found[0])
 
     def update_job(
         self, job_id: str, *, status: str, step: int | None = None, total: int | None = None,
@@ -334,11 +355,17 @@ class UserStore:
 
     def fail_stale_jobs(self, older_than_s: float) -> int:
         """Mark unfinished jobs not updated for `older_than_s` seconds as failed (their server died)."""
-        now = time.time()
         with self.db.transaction() as cur:
-            cur.execute(
-                f"UPDATE jobs SET status = 'failed', error = ?, updated = ? "
-                f"WHERE status IN {_ACTIVE_SQL} AND updated <= ?",
-                ("interrupted: the server stopped before the job finished", now, now - older_than_s),
-            )
-            return max(cur.rowcount, 0)
+            return self._fail_stale(cur, older_than_s)
+
+    @staticmethod
+    def _fail_stale(cur: Cursor, older_than_s: float, uid: str | None = None) -> int:
+        now = time.time()
+        only_user = "" if uid is None else " AND uid = ?"
+        cur.execute(
+            f"UPDATE jobs SET status = 'failed', error = ?, updated = ? "
+            f"WHERE status IN {_ACTIVE_SQL} AND updated <= ?{only_user}",
+            ("interrupted: the server stopped before the job finished", now, now - older_than_s,
+             *(() if uid is None else (uid,))),
+        )
+        return max(cur.rowcount, 0)
