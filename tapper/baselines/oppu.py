@@ -1,0 +1,170 @@
+"""OPPU: one LoRA per user (r=8 on the query and value projections) on top of the merged task LoRA.
+
+One peft adapter slot lives in the model; each user's weights are a safetensors file of their own.
+Training a user resets the slot to the same initial weights, fits it on that user's history pairs with
+the shared loop, and writes the file. Predicting loads a user's file into the slot (an "adapter
+switch") and answers that user's rows, so a batch of mixed users costs one switch per distinct user.
+A user without a file is answered with the slot zeroed: the task-tuned backbone alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from tapper.backbone import Backbone
+from tapper.baselines.common import (
+    BaselineConfig,
+    freeze,
+    group_rows_by_user,
+    history_pairs_by_user,
+    load_config,
+    save_config,
+)
+from tapper.batching import answer_loss
+from tapper.data.records import LampSplit, ProfileItem
+from tapper.data.tasks import get_task
+from tapper.examples import Example, ExampleBuilder
+from tapper.generate import generate_batch
+from tapper.io_utils import atomic_write_with
+from tapper.lora import add_lora
+from tapper.train_loop import LoopResult, train
+
+log = logging.getLogger(__name__)
+USERS_DIR = "users"
+ADAPTER_SUFFIX = ".safetensors"
+
+
+@dataclass
+class OppuConfig(BaselineConfig):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lr: float = 1e-3
+    epochs: float = 3.0  # over one user's few history pairs
+
+
+def user_file_name(user_id: str) -> str:
+    """A file name that round-trips any user id (ids may hold '/', spaces, ...)."""
+    return quote(user_id, safe="-_.") + ADAPTER_SUFFIX
+
+
+def user_id_of(path: Path) -> str:
+    return unquote(path.name.removesuffix(ADAPTER_SUFFIX))
+
+
+class OppuBaseline:
+    name = "OPPU"
+
+    def __init__(self, backbone: Backbone, config: OppuConfig, workdir: str | Path):
+        """`backbone` is wrapped in place (pass a copy if it is used elsewhere); user adapters are read
+        from and written to `workdir`/users/."""
+        self.backbone = backbone
+        self.config = config
+        self.task = get_task(config.task)
+        self.workdir = Path(workdir)
+        self.users_dir = self.workdir / USERS_DIR
+        freeze(backbone)
+        torch.manual_seed(config.seed)
+        self.model = add_lora(backbone.model, config.r, config.alpha, config.dropout, list(config.targets))
+        self.model.eval()
+        self.init_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        self.zero_state = {k: torch.zeros_like(v) for k, v in self.init_state.items()}
+        self.builder = ExampleBuilder(self.task, backbone, 0, "bm25", config.max_input_tokens)
+        self.active: str | None = None
+        self.switches = 0  # adapter loads so far (the cost a mixed-user batch pays)
+
+    @property
+    def per_user_params(self) -> int:
+        return sum(v.numel() for v in self.init_state.values())
+
+    def user_file(self, user_id: str) -> Path:
+        return self.users_dir / user_file_name(user_id)
+
+    def trained_users(self) -> list[str]:
+        return sorted(user_id_of(p) for p in self.users_dir.glob(f"*{ADAPTER_SUFFIX}"))
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def fit(self, target: LampSplit) -> None:
+        pairs = history_pairs_by_user(self.builder, target, self.config.max_history_pairs)
+        for i, (user_id, examples) in enumerate(pairs.items()):
+            if examples:
+                result = self.train_user(user_id, examples)
+                log.info("OPPU user %d/%d (%s): %d steps, loss %.3f", i + 1, len(pairs), user_id, result.steps,
+                         result.final_loss)
+
+    def history_pairs(self, user_id: str, history: list[ProfileItem]) -> list[Example]:
+        return self.builder.from_history(user_id, history, self.config.max_history_pairs)
+
+    def train_user(self, user_id: str, examples: list[Example]) -> LoopResult:
+        """Fit one user's LoRA from the shared initial weights and write its file."""
+        set_peft_model_state_dict(self.model, self.init_state)
+        cfg = self.config
+        tok = self.backbone.tokenizer
+
+        def loss_fn(batch: list[Example]) -> tuple[torch.Tensor, int]:
+            return answer_loss(self.model, tok, [e.prompt for e in batch], [e.answer or "" for e in batch],
+                               cfg.max_answer_tokens)
+
+        loop = cfg.loop(cfg.lr, cfg.epochs)
+        loop.show_progress = False
+        result = train(self.model, examples, loss_fn, loop, desc=f"OPPU {user_id}")
+        self.save_user(user_id)
+        self.active = user_id
+        return result
+
+    def save_user(self, user_id: str) -> Path:
+        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        path = self.user_file(user_id)
+        atomic_write_with(path, lambda p: save_file(state, str(p)))
+        return path
+
+    # -- inference --------------------------------------------------------------------------------
+
+    def activate(self, user_id: str) -> None:
+        """Load the user's adapter into the slot (no-op when it is already there)."""
+        if self.active == user_id:
+            return
+        path = self.user_file(user_id)
+        set_peft_model_state_dict(self.model, load_file(str(path)) if path.exists() else self.zero_state)
+        self.active = user_id
+        self.switches += 1
+
+    def question_examples(self, split: LampSplit) -> list[Example]:
+        return [self.builder.for_question(q) for q in split.questions]
+
+    def generate(self, examples: list[Example]) -> list[str]:
+        """Rows grouped by user: one adapter switch and one generation pass per distinct user."""
+        out: list[str] = [""] * len(examples)
+        for user_id, rows in group_rows_by_user(examples).items():
+            self.activate(user_id)
+            texts = generate_batch(self.model.get_base_model(), self.backbone.tokenizer,
+                                   [examples[i].prompt for i in rows], None, self.task.max_new_tokens)
+            for i, text in zip(rows, texts, strict=True):
+                out[i] = text
+        return out
+
+    # -- persistence --------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Config plus one adapter file per trained user (copied when `directory` is not the workdir)."""
+        directory = Path(directory)
+        save_config(self.config, self.name, directory)
+        if directory.resolve() != self.workdir.resolve():
+            for user_id in self.trained_users():
+                src = self.user_file(user_id)
+                data = src.read_bytes()
+                atomic_write_with(directory / USERS_DIR / src.name, lambda p, d=data: p.write_bytes(d))
+
+    @classmethod
+    def load(cls, directory: str | Path, backbone: Backbone) -> OppuBaseline:
+        directory = Path(directory)
+        return cls(backbone, load_config(OppuConfig, cls.name, directory), workdir=directory)
