@@ -42,6 +42,8 @@ def serve(
     queue_size: Annotated[int, typer.Option(help="waiting generate requests before answering 503")] = 256,
     cache_users: Annotated[int, typer.Option(help="users whose history and row stay in memory")] = 10_000,
     device: Annotated[str, typer.Option(help="torch device for the engine")] = "cpu",
+    torch_threads: Annotated[int | None, typer.Option(
+        help="torch intra-op threads (default: torch's choice); 1 avoids thread thrash on a busy CPU")] = None,
 ) -> None:
     """Serve personalized generation over HTTP (OpenAPI docs at /docs)."""
     if ctx.invoked_subcommand is not None:
@@ -56,6 +58,10 @@ def serve(
     from tapper.serve import ServeConfig, create_app
     from tapper.store import UserStore
 
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, torch_threads))
     config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                          cache_users=cache_users)
     engine = TapperEngine.from_pretrained(run, device=device)
