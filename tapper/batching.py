@@ -6,6 +6,7 @@ Generation rows are left-padded: [pad...][prefix][prompt], so every row's last p
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -96,11 +97,28 @@ def answer_loss(
     prefix: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(mean next-token cross-entropy over the answer tokens + eos, tokens processed), with an optional
-    per-row prefix. `lm` is any HF causal LM (or peft wrapper); prompt and prefix positions carry no loss."""
+    per-row prefix. `lm` is any HF causal LM (or peft wrapper); prompt and prefix positions carry no loss.
+
+    Only the positions from the batch's first answer token on go through the LM head: with a 49k-token
+    vocabulary the head is a fifth of a small model's compute, and the prompt positions need none of it."""
     batch = encode_train(tokenizer, prompts, answers, max_answer_tokens)
     device = lm.get_input_embeddings().weight.device
     ids, mask, labels = (t.to(device) for t in (batch.input_ids, batch.attention_mask, batch.labels))
     embeds = lm.get_input_embeddings()(ids)
     embeds, mask, labels = with_prefix(embeds, mask, prefix, labels)
-    out = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
-    return out.loss, batch.tokens + (0 if prefix is None else prefix.shape[0] * prefix.shape[1])
+    tokens = batch.tokens + (0 if prefix is None else prefix.shape[0] * prefix.shape[1])
+    if not _supports_logits_to_keep(lm):
+        return lm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss, tokens
+    scored = (labels != IGNORE).any(dim=0).nonzero()
+    first = int(scored[0]) if len(scored) else labels.shape[1] - 1
+    keep = labels.shape[1] - first + 1  # positions first-1 .. T-1; each predicts the token after it
+    logits = lm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels[:, first:].reshape(-1), ignore_index=IGNORE
+    )
+    return loss, tokens
+
+
+def _supports_logits_to_keep(lm) -> bool:
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -163,6 +163,22 @@ def test_answer_only_loss_masks_prompt_and_prefix(backbone):
     assert torch.isfinite(loss)
 
 
+def test_answer_loss_equals_full_lm_loss_on_answer_tokens(backbone):
+    """The head-on-answers-only shortcut must give exactly the loss HF computes over all positions."""
+    model = make_model(backbone)
+    b = builder(model)
+    exs = [b.for_question(q, answer=a) for q, a in zip(make_split().questions, ["1", "22", "3", "a b c"], strict=True)]
+    exs[1] = b.for_query("user1", "short", make_history(1, n=2), answer="4 stars")
+    with torch.no_grad():
+        fast, _ = model.loss(exs)
+        prefix, _ = model.build_prefix(exs)
+        batch = encode_train(backbone.tokenizer, [e.prompt for e in exs], [e.answer for e in exs], 48)
+        embeds = model.hf_model.get_input_embeddings()(batch.input_ids)
+        embeds, mask, labels = with_prefix(embeds, batch.attention_mask, prefix, batch.labels)
+        full = model.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(fast, full, atol=1e-5)
+
+
 def test_mixed_user_batch_matches_each_user_alone(backbone):
     model = make_model(backbone)
     b = builder(model)
