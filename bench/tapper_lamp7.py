@@ -22,7 +22,14 @@ from tapper.backbone import load_backbone
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
 from tapper.data.lamp_io import read_split
 from tapper.data.records import LampSplit
-from tapper.experiment import VariantResult, copy_backbone, evaluate_model, run_variant, stage1
+from tapper.experiment import (
+    VariantResult,
+    copy_backbone,
+    evaluate_model,
+    run_variant,
+    score_with_int8_user_state,
+    stage1,
+)
 from tapper.io_utils import atomic_write_text
 from tapper.metrics import bootstrap_ci, evaluate
 from tapper.prefix.model import TapperModel
@@ -74,6 +81,7 @@ def main() -> None:
     results.append(run_variant("non-personalized, same budget", tuned, target, nonpersonal_config(tcfg), cfg,
                                args.runs / "nonpersonal"))
     results.append(run_variant("TAP-PER", tuned, target, tcfg, cfg, args.runs / "tapper"))
+    results.append(score_with_int8_user_state("TAP-PER, int8 user table", results[-1].model, target))
 
     rows = []
     for r in results:

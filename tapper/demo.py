@@ -17,7 +17,14 @@ from rich.table import Table
 from tapper.backbone import load_backbone
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
 from tapper.data.sample import load_sample
-from tapper.experiment import VariantResult, copy_backbone, evaluate_model, run_variant, stage1
+from tapper.experiment import (
+    VariantResult,
+    copy_backbone,
+    evaluate_model,
+    run_variant,
+    score_with_int8_user_state,
+    stage1,
+)
 from tapper.io_utils import atomic_write_text
 from tapper.prefix.model import TapperModel
 from tapper.train import resolve_configs
@@ -57,6 +64,7 @@ def run_demo(model: str = "default", out_dir: str | Path = "runs/demo", device: 
         results.append(run_variant("non-personalized, same budget", tuned, splits["test"],
                                    nonpersonal_config(tcfg), cfg, out_dir / "nonpersonal"))
     results.append(run_variant("TAP-PER", tuned, splits["test"], tcfg, cfg, out_dir / "tapper"))
+    results.append(score_with_int8_user_state("TAP-PER, int8 user table", results[-1].model, splits["test"]))
     total = time.perf_counter() - began
 
     table = Table(title=f"LaMP-3 (built-in sample), backbone {backbone.name}; lower MAE/RMSE is better")

@@ -18,6 +18,7 @@ from tapper.metrics import evaluate
 from tapper.predict import predict_examples
 from tapper.prefix.config import TapperConfig
 from tapper.prefix.model import TapperModel
+from tapper.prefix.user_state import dequantize_rows_int8, quantize_rows_int8
 from tapper.train import (
     TrainConfig,
     builder_for,
@@ -37,6 +38,7 @@ class VariantResult:
     predict_seconds: float
     predictions: dict[str, str] = field(default_factory=dict)
     raw: dict[str, str] = field(default_factory=dict)
+    model: TapperModel | None = field(default=None, repr=False)  # the trained variant, for follow-up scoring
 
 
 def copy_backbone(backbone: Backbone) -> Backbone:
@@ -82,7 +84,23 @@ def run_variant(
     train_seconds = time.perf_counter() - began
     metrics, preds, raw, pred_seconds = evaluate_model(model, target, batch_size, cfg.show_progress, name)
     per_user = model.row_size if tcfg.use_user_state else 0
-    return VariantResult(name, metrics, per_user, train_seconds, pred_seconds, preds, raw)
+    return VariantResult(name, metrics, per_user, train_seconds, pred_seconds, preds, raw, model)
+
+
+def score_with_int8_user_state(name: str, model: TapperModel, target: LampSplit, batch_size: int = 16
+                               ) -> VariantResult:
+    """Score a trained model as it would serve from an int8 user table (per-row scale), then restore it."""
+    original = model.user_state.weight.detach().clone()
+    q, scale = quantize_rows_int8(original)
+    with torch.no_grad():
+        model.user_state.weight.copy_(dequantize_rows_int8(q, scale))
+    try:
+        metrics, preds, raw, seconds = evaluate_model(model, target, batch_size, desc=name)
+    finally:
+        with torch.no_grad():
+            model.user_state.weight.copy_(original)
+    return VariantResult(name, metrics, model.row_size if model.config.use_user_state else 0, 0.0, seconds,
+                         preds, raw, model)
 
 
 def primary_metric(task: str) -> tuple[str, bool]:

@@ -288,3 +288,14 @@ def test_engine_paths_cold_start_and_no_history(backbone, tmp_path):
     # cold start == explicitly passing the mean row
     explicit = engine.generate([GenerationRequest("x", "feels soft", hist, user_row=engine.default_row())], 3)
     assert explicit[0].raw == out[1].raw
+
+
+def test_int8_scoring_restores_the_float_table(backbone):
+    from tapper.experiment import score_with_int8_user_state
+
+    model = make_model(backbone)
+    before = model.user_state.weight.detach().clone()
+    res = score_with_int8_user_state("int8", model, make_split())
+    assert set(res.predictions) == {f"q{u}" for u in range(4)}
+    assert "mae" in res.metrics
+    assert torch.equal(model.user_state.weight.detach(), before)
