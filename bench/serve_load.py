@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import socket
 import statistics
@@ -257,6 +258,8 @@ def markdown(report: dict) -> str:
         "",
         f"Micro-batching throughput / unbatched: **{speedup:.2f}x**." if speedup else "",
         "Errors count every reply that is not 200 (including 503 from a full queue); they must be 0.",
+        f"Machine load average (1 min) before / after: {report['load_average_1min_before_after'][0]} / "
+        f"{report['load_average_1min_before_after'][1]} (other work shared the 2 cores; numbers are indicative).",
         "",
         f"Command: `{report['command']}`",
         "",
@@ -291,16 +294,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         work = Path(tmp)
         run = args.run or (find_default_run() if args.backbone == "default" else None)
-        note = "trained run"
+        note, shown = "trained run", str(run)
         if run is None:
             run = untrained_run(args.backbone, args.task, work)
             note = "UNTRAINED: made by init_run because no trained run was found; speed only, outputs meaningless"
+            shown = f"init_run(backbone={args.backbone!r}, task={args.task!r}) in a temporary directory"
         config = json.loads((run / "tapper_config.json").read_text())
+        load_before = os.getloadavg()
         modes = measure(run, args, work)
-    import os
+        load_after = os.getloadavg()
 
     report = {
-        "run": str(run), "run_note": note, "backbone": config.get("backbone"), "task": config.get("task"),
+        "run": shown, "run_note": note,
+        "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        "backbone": config.get("backbone"), "task": config.get("task"),
         "clients": args.clients, "users": args.users, "records_per_user": args.records_per_user,
         "requests": args.requests, "rounds": args.rounds, "max_seconds": args.max_seconds,
         "torch_threads": args.torch_threads, "cpus": os.cpu_count(),

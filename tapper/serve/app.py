@@ -40,7 +40,7 @@ from tapper.serve.schemas import (
     JobOut,
     UserOut,
 )
-from tapper.store import RecordConflict, StoreError, UserStateCache, UserStore
+from tapper.store import Job, RecordConflict, StoreError, UserStateCache, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
     return app
 
 
-def _job_out(job) -> JobOut:
+def _job_out(job: Job) -> JobOut:
     return JobOut(id=job.id, user_id=job.user_id, status=job.status, step=job.step, total=job.total,
                   loss=job.loss, error=job.error, created=job.created, updated=job.updated)
 
