@@ -28,10 +28,8 @@ import time
 from pathlib import Path
 
 import httpx
+from common import RESULTS, ROOT, Result, Table, ratio
 
-from tapper.io_utils import atomic_write_text
-
-ROOT = Path(__file__).resolve().parents[1]
 TAPPER = [sys.executable, "-c", "from tapper.cli import app; app()"]
 LOOPBACK = "127.0.0.1"  # the only address this script ever talks to
 MAX_CLIENTS, MAX_REQUESTS, MAX_USERS = 64, 5000, 1000
@@ -236,35 +234,30 @@ def measure(run: Path, args: argparse.Namespace, work: Path) -> list[dict]:
     return results
 
 
-def markdown(report: dict) -> str:
-    rows = [
-        f"| {m['mode']} | {m['max_batch']} | {m['max_wait_ms']} | {m['requests']} | {m['throughput_rps']:.2f} | "
-        f"{m['p50_ms']:.0f} | {m['p99_ms']:.0f} | {m['mean_batch_size']:.2f} | {m['errors']} |"
-        for m in report["modes"]
-    ]
-    speedup = report.get("batched_speedup")
-    lines = [
-        "# `tapper serve` under load: micro-batching on vs off",
-        "",
-        f"Run: `{report['run']}` ({report['run_note']}), backbone `{report['backbone']}`, task {report['task']}.",
+def result_of(report: dict, started: float) -> Result:
+    """The shared JSON + Markdown result (bench/common.py), stamped with command, commit and machine."""
+    table = Table(
+        "Throughput and latency per mode",
+        ["mode", "max batch", "max wait ms", "requests", "throughput req/s", "p50 ms", "p99 ms", "mean batch",
+         "errors"],
+        [[m["mode"], m["max_batch"], m["max_wait_ms"], m["requests"], m["throughput_rps"], m["p50_ms"],
+          m["p99_ms"], m["mean_batch_size"], m["errors"]] for m in report["modes"]],
+    )
+    load = report["load_average_1min_before_after"]
+    notes = [
+        f"Run: {report['run']} ({report['run_note']}); backbone {report['backbone']}, task {report['task']}.",
         f"{report['clients']} concurrent clients on 127.0.0.1, {report['users']} users with "
-        f"{report['records_per_user']} records each, {report['requests']} generate requests per mode "
-        f"in {report['rounds']} rounds alternating between the two servers (cap {report['max_seconds']} s), "
-        f"SQLite store, {report['torch_threads']} torch thread(s) per server, {report['cpus']} CPU cores, no GPU.",
-        "",
-        "| mode | max batch | max wait ms | requests | throughput req/s | p50 ms | p99 ms | mean batch | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        *rows,
-        "",
-        f"Micro-batching throughput / unbatched: **{speedup:.2f}x**." if speedup else "",
-        "Errors count every reply that is not 200 (including 503 from a full queue); they must be 0.",
-        f"Machine load average (1 min) before / after: {report['load_average_1min_before_after'][0]} / "
-        f"{report['load_average_1min_before_after'][1]} (other work shared the 2 cores; numbers are indicative).",
-        "",
-        f"Command: `{report['command']}`",
-        "",
+        f"{report['records_per_user']} records each, {report['requests']} generate requests per mode in "
+        f"{report['rounds']} rounds alternating between the two servers (cap {report['max_seconds']} s per mode); "
+        f"SQLite store; {report['torch_threads']} torch thread(s) per server; no GPU.",
+        f"Micro-batching throughput / unbatched: {report['batched_speedup']}x.",
+        "Errors count every reply that is not 200 (a 503 from a full queue included); they must be 0. "
+        f"Total errors, warm-up included: {report['total_errors']}.",
+        f"Machine load average (1 min) before / after: {load[0]} / {load[1]}; other work shared the cores, so "
+        "the numbers are indicative.",
     ]
-    return "\n".join(lines)
+    return Result("serve_load", "`tapper serve` under load: micro-batching on vs off", report, [table], notes,
+                  started=started)
 
 
 def main() -> None:
@@ -284,8 +277,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="per server; 1 keeps two servers and the clients from thrashing 2 cores")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    started = time.time()
     if not (1 <= args.clients <= MAX_CLIENTS and 1 <= args.requests <= MAX_REQUESTS
             and 1 <= args.users <= MAX_USERS and 0 < args.max_seconds <= 3600 and 1 <= args.rounds <= 20):
         parser.error(f"bounds: clients 1-{MAX_CLIENTS}, requests 1-{MAX_REQUESTS}, users 1-{MAX_USERS}, "
@@ -310,16 +304,12 @@ def main() -> None:
         "backbone": config.get("backbone"), "task": config.get("task"),
         "clients": args.clients, "users": args.users, "records_per_user": args.records_per_user,
         "requests": args.requests, "rounds": args.rounds, "max_seconds": args.max_seconds,
-        "torch_threads": args.torch_threads, "cpus": os.cpu_count(),
-        "modes": modes, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "batched_speedup": round(modes[0]["throughput_rps"] / modes[1]["throughput_rps"], 3)
-        if modes[1]["throughput_rps"] else None,
+        "torch_threads": args.torch_threads, "modes": modes,
+        "batched_speedup": round(ratio(modes[0]["throughput_rps"], modes[1]["throughput_rps"]), 3),
         "total_errors": sum(m["errors"] + m["warmup_errors"] for m in modes),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "serve_load.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(args.out / "serve_load.md", markdown(report))
-    print(f"wrote {args.out / 'serve_load.json'} and serve_load.md; errors: {report['total_errors']}")
+    written = result_of(report, started).write(args.out)
+    print(f"wrote {', '.join(str(p) for p in written)}; errors: {report['total_errors']}")
     if report["total_errors"]:
         sys.exit(1)
 
