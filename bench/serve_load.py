@@ -42,12 +42,14 @@ REVIEWS = [
 
 
 def find_default_run() -> Path | None:
-    """The newest run directory under runs/ whose backbone is the default one."""
+    """The newest complete, full TAP-PER run (P_u and P_q on) under runs/ whose backbone is the default one."""
     found = []
-    for config in (ROOT / "runs").glob("**/tapper_config.json"):
-        backbone = json.loads(config.read_text()).get("backbone", "default")
-        if str(backbone).lower() in ("default", "smollm2", "smollm2-135m-instruct"):
-            found.append(config.parent)
+    for config_path in (ROOT / "runs").glob("**/tapper_config.json"):
+        config = json.loads(config_path.read_text())
+        full = config.get("use_user_state", True) and config.get("use_query_prefix", True)
+        default = str(config.get("backbone", "default")).lower() in ("default", "smollm2", "smollm2-135m-instruct")
+        if full and default and (config_path.parent / "query_prefix.safetensors").exists():
+            found.append(config_path.parent)
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
