@@ -303,6 +303,11 @@ def _wait_for(condition, timeout_s: float = 30.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
+def _batch_count(server: Server) -> int:
+    lines = server.call("GET", "/metrics").body.splitlines()
+    return next((int(ln.split()[1]) for ln in lines if ln.startswith("tapper_batch_size_count ")), 0)
+
+
 def test_a_full_queue_answers_503_with_retry_after_and_waiting_requests_share_a_batch(held):
     server, key, block = held
     block.touch()
@@ -311,10 +316,10 @@ def test_a_full_queue_answers_503_with_retry_after_and_waiting_requests_share_a_
     def send(name: str) -> None:
         results[name] = server.call("POST", "/v1/generate", gen(name), key=key, timeout=60)
 
+    batches_before = _batch_count(server)
     busy = threading.Thread(target=send, args=("first",))
     busy.start()
-    _wait_for(lambda: server.call("GET", "/healthz").json["queue"] == 0 and "first" not in results)
-    time.sleep(0.2)  # let the worker take "first" off the queue into the (blocked) engine
+    _wait_for(lambda: _batch_count(server) == batches_before + 1)  # "first" is in the (blocked) engine
     waiting = [threading.Thread(target=send, args=(f"w{i}",)) for i in range(3)]
     for t in waiting:
         t.start()
