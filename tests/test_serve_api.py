@@ -336,6 +336,12 @@ def test_a_full_queue_answers_503_with_retry_after_and_waiting_requests_share_a_
     assert 'tapper_rejected_total{queue="generate"} 1' in server.call("GET", "/metrics").body
 
 
+def test_a_list_larger_than_the_whole_queue_is_refused_as_unservable(held):
+    server, key, _ = held
+    reply = server.call("POST", "/v1/generate", [gen(f"u{i}") for i in range(4)], key=key)
+    assert reply.status == 422 and "queue holds 3" in reply.json["detail"]
+
+
 def test_too_many_refresh_jobs_answer_503_and_a_repeated_refresh_returns_the_same_job(held):
     server, key, block = held
     for name in ("j1", "j2"):

@@ -23,7 +23,7 @@ from tapper.data.lamp_io import parse_date
 from tapper.data.tasks import Task
 from tapper.engine import GenerationRequest, GenerationResult, TapperEngine
 from tapper.serve.auth import require_tenant
-from tapper.serve.batcher import MicroBatcher, QueueFull
+from tapper.serve.batcher import LargerThanQueue, MicroBatcher, QueueFull
 from tapper.serve.body_limit import BodyLimit
 from tapper.serve.config import ServeConfig
 from tapper.serve.jobs import NothingToFit, RefreshJobs, TooManyJobs
@@ -184,6 +184,8 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
         except QueueFull as e:
             metrics.rejected.inc("generate")
             raise unavailable(str(e)) from None
+        except LargerThanQueue as e:
+            raise HTTPException(422, detail=f"{e}; send fewer per call") from None
         out = [
             GenerateOut(user_id=item.user_id, task=task.name, output=r.output, raw=r.raw,
                         record_ids=list(r.record_ids), path=r.path)

@@ -22,7 +22,11 @@ Out = TypeVar("Out")
 
 
 class QueueFull(RuntimeError):
-    """No room for the request(s) in the generate queue."""
+    """No room for the request(s) in the generate queue right now."""
+
+
+class LargerThanQueue(RuntimeError):
+    """More requests in one call than the queue can ever hold."""
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -67,6 +71,8 @@ class MicroBatcher(Generic[In, Out]):
         """Results in the order of `items`; all of them are queued or none (QueueFull)."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
+        if len(items) > self._queue.maxsize:
+            raise LargerThanQueue(f"{len(items)} requests in one call, but the queue holds {self._queue.maxsize}")
         if self._queue.maxsize - self._queue.qsize() < len(items):
             raise QueueFull(f"generate queue is full ({self._queue.qsize()}/{self._queue.maxsize} waiting)")
         loop = asyncio.get_running_loop()
