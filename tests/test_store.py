@@ -211,3 +211,19 @@ def test_bad_urls_are_refused_with_a_clear_message(tmp_path):
         UserStore("mysql://x")
     with pytest.raises(StoreError, match="names no file"):
         UserStore("sqlite:///")
+
+
+@pytest.mark.skipif(not PG_URL, reason="no TAPPER_TEST_PG_URL")
+def test_a_dropped_postgresql_connection_is_replaced_on_the_next_call(tmp_path):
+    import psycopg
+
+    with fresh_store_url("postgresql", tmp_path) as url:
+        store = UserStore(url)
+        try:
+            with psycopg.connect(PG_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (store.db._conn().info.backend_pid,))
+            with pytest.raises(psycopg.OperationalError):
+                store.count_users()  # the request that meets the dead connection fails...
+            assert store.count_users() == 0  # ...and the next one reconnects
+        finally:
+            store.close()

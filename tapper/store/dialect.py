@@ -74,6 +74,9 @@ class Database:
 
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
+        # A PostgreSQL connection dies with its server (restart, failover); the next call gets a fresh one.
+        if conn is not None and self.dialect is POSTGRES and (conn.closed or conn.broken):
+            conn = None
         if conn is None:
             conn = self._local.conn = self._connect()
         return conn
