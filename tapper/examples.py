@@ -12,8 +12,8 @@ from tapper.backbone import Backbone
 from tapper.batching import truncate_text
 from tapper.data.records import ProfileItem, Question
 from tapper.data.tasks import Task
-from tapper.prefix.context import RecordContext, UndatedCounter, build_context
 from tapper.retrieval import Retriever, get_retriever
+from tapper.retrieval.context import RecordContext, UndatedCounter, build_context
 
 
 @dataclass

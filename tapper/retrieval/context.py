@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from tapper.data.records import ProfileItem
 from tapper.data.tasks import Task
-from tapper.retrieval import Retriever, select_before
+from tapper.retrieval.base import Retriever, select_before
 
 log = logging.getLogger(__name__)
 
