@@ -158,15 +158,17 @@ def summarize(rounds: list[dict], requested: int) -> dict:
 
 
 def batch_stats(base: str) -> dict:
+    """Mean batch size and total engine seconds, read from the server's own /metrics."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
-    values = {}
+    wanted = ("tapper_batch_size_sum", "tapper_batch_size_count", "tapper_engine_seconds_sum")
+    values = {name: 0.0 for name in wanted}
     for line in text.splitlines():
-        for name in ("tapper_batch_size_sum", "tapper_batch_size_count"):
-            if line.startswith(name + " "):
-                values[name] = float(line.split()[1])
-    count = values.get("tapper_batch_size_count", 0.0)
-    return {"batches": int(count),
-            "mean_batch_size": round(values.get("tapper_batch_size_sum", 0.0) / count, 2) if count else 0.0}
+        name, _, value = line.partition(" ")
+        if name in values:
+            values[name] = float(value)
+    count = values["tapper_batch_size_count"]
+    return {"batches": int(count), "engine_seconds": round(values["tapper_engine_seconds_sum"], 2),
+            "mean_batch_size": round(values["tapper_batch_size_sum"] / count, 2) if count else 0.0}
 
 
 class Mode:
@@ -202,6 +204,8 @@ class Mode:
     def result(self, requested: int) -> dict:
         out = summarize(self.rounds, requested)
         out.update(batch_stats(self.base))
+        # warm-up batches are in the engine total too; over a long run they hardly move the share
+        out["engine_busy_share"] = round(out["engine_seconds"] / out["seconds"], 3) if out["seconds"] else 0.0
         out.update({"mode": self.name, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
                     "warmup_errors": self.warmup_errors})
         return out
@@ -241,9 +245,9 @@ def result_of(report: dict, started: float) -> Result:
     table = Table(
         "Throughput and latency per mode",
         ["mode", "max batch", "max wait ms", "requests", "throughput req/s", "p50 ms", "p99 ms", "mean batch",
-         "errors"],
+         "engine busy", "errors"],
         [[m["mode"], m["max_batch"], m["max_wait_ms"], m["requests"], m["throughput_rps"], m["p50_ms"],
-          m["p99_ms"], m["mean_batch_size"], m["errors"]] for m in report["modes"]],
+          m["p99_ms"], m["mean_batch_size"], m["engine_busy_share"], m["errors"]] for m in report["modes"]],
     )
     load = report["load_average_1min_before_after"]
     notes = [
@@ -253,6 +257,9 @@ def result_of(report: dict, started: float) -> Result:
         f"{report['rounds']} rounds alternating between the two servers (cap {report['max_seconds']} s per mode); "
         f"SQLite store; {report['torch_threads']} torch thread(s) per server; no GPU.",
         f"Micro-batching throughput / unbatched: {report['batched_speedup']}x.",
+        "Engine busy = engine seconds (from the server's tapper_engine_seconds) / driven wall time: near 1 means "
+        "the forward passes are the bottleneck, well below 1 means time goes to the serving path or to the "
+        "clients.",
         "Errors count every reply that is not 200 (a 503 from a full queue included); they must be 0. "
         f"Total errors, warm-up included: {report['total_errors']}.",
         f"Machine load average (1 min) before / after: {load[0]} / {load[1]}; other work shared the cores, so "

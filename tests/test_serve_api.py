@@ -274,6 +274,7 @@ def test_metrics_count_requests_batches_and_users(server, acme):
     assert 'tapper_requests_total{route="/v1/generate",status="200"}' in text
     assert 'tapper_request_seconds_bucket{route="/v1/users/{user_id}/records",le="+Inf"}' in text
     assert "tapper_batch_size_count" in text and 'tapper_batch_size_bucket{le="2"}' in text
+    assert "tapper_engine_seconds_count" in text
     users = next(line for line in text.splitlines() if line.startswith("tapper_users "))
     assert int(users.split()[1]) >= 1
     assert "/v1/users/met" not in text  # routes are labelled by template, never by user id

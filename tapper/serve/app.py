@@ -67,6 +67,7 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
     batcher: MicroBatcher[GenerationRequest, GenerationResult] = MicroBatcher(
         engine.generate, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
         queue_size=config.queue_size, on_batch=metrics.batch_size.observe,
+        on_batch_done=lambda size, seconds: metrics.engine_seconds.observe(seconds),
     )
     jobs = RefreshJobs(engine, store, cache, metrics, config.max_pending_jobs, config.stale_job_s)
     metrics.add_gauge("tapper_users", "users in the store (all tenants)", store.count_users)

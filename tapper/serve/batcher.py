@@ -38,12 +38,14 @@ class MicroBatcher(Generic[In, Out]):
         max_wait_ms: float,
         queue_size: int,
         on_batch: Callable[[int], None] | None = None,
+        on_batch_done: Callable[[int, float], None] | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_size = queue_size
-        self.on_batch = on_batch
+        self.on_batch = on_batch  # (size) as a batch goes to the engine
+        self.on_batch_done = on_batch_done  # (size, seconds the engine took)
         self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -110,11 +112,14 @@ class MicroBatcher(Generic[In, Out]):
             if self.on_batch is not None:
                 self.on_batch(len(live))
             items = [item for item, _ in live]
+            started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._run_isolated, items)
             except Exception as e:  # noqa: BLE001  (a worker that dies would hang every later request)
                 log.exception("batch of %d failed", len(items))
                 results = [e] * len(items)
+            if self.on_batch_done is not None:
+                self.on_batch_done(len(items), time.perf_counter() - started)
             for (_, fut), result in zip(live, results, strict=True):
                 if fut.done():
                     continue

@@ -98,6 +98,9 @@ class ServeMetrics:
         )
         sizes = tuple(sorted({1, 2, 4, 8, 16, 32, 64, max_batch}))
         self.batch_size = Histogram("tapper_batch_size", "requests per engine forward pass", sizes)
+        self.engine_seconds = Histogram(
+            "tapper_engine_seconds", "engine time per batch (generate call)", LATENCY_BUCKETS
+        )
         self.rejected = Counter("tapper_rejected_total", "requests refused with 503 (queue full)", ("queue",))
         self.jobs = Counter("tapper_jobs_total", "refresh jobs by final status", ("status",))
         self.gauges: list[Gauge] = []
@@ -107,6 +110,7 @@ class ServeMetrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.latency, self.batch_size, self.rejected, self.jobs, *self.gauges):
+        metrics = (self.requests, self.latency, self.batch_size, self.engine_seconds, self.rejected, self.jobs)
+        for metric in (*metrics, *self.gauges):
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"
