@@ -49,7 +49,9 @@ def machine() -> dict[str, Any]:
     import torch
 
     return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            # other work on the machine slows every timing: the 1/5/15-minute load averages at the end
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 @dataclass
@@ -99,7 +101,8 @@ class Result:
         atomic_write_text(written[0], json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
         lines = [f"# {self.title}", "", f"Command: `{stamp['command']}`  ",
                  f"Commit {stamp['commit']}, {stamp['finished_utc']} UTC, wall time {wall:.0f} s, "
-                 f"{stamp['machine']['cpus']} CPUs (torch threads {stamp['machine']['torch_threads']}).", ""]
+                 f"{stamp['machine']['cpus']} CPUs (torch threads {stamp['machine']['torch_threads']}), load average "
+                 f"{stamp['machine']['load_average'][0]:.1f} at the end.", ""]
         for table in self.tables:
             lines += [table.markdown(), ""]
         if self.notes:

@@ -15,6 +15,7 @@ Writes results/cost_per_user.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from common import RESULTS, Result, Table, ratio
 import tapper.prefix  # noqa: F401  (must load before tapper.examples: the two import each other)
 from tapper.backbone import load_backbone
 from tapper.baselines.oppu import USERS_DIR, OppuBaseline, OppuConfig, user_file_name
-from tapper.baselines.perpcs import ANCHORS_DIR, PerPcsBaseline, PerPcsConfig, select_pieces
+from tapper.baselines.perpcs import ANCHORS_DIR, ANCHORS_LIST, PerPcsBaseline, PerPcsConfig, select_pieces
 from tapper.experiment import copy_backbone
 from tapper.prefix.user_state import UserStateTable
 from tapper.train import resolve_configs
@@ -83,8 +84,10 @@ def main() -> None:
         pcs_cfg = PerPcsConfig.for_task(args.task, show_progress=False)
         anchors_dir = work / "perpcs" / ANCHORS_DIR / USERS_DIR
         anchors_dir.mkdir(parents=True)
-        for i in range(pcs_cfg.n_anchors):
-            shutil.copyfile(oppu_file, anchors_dir / user_file_name(f"anchor-{i}"))
+        anchor_ids = [f"anchor-{i}" for i in range(pcs_cfg.n_anchors)]
+        for anchor in anchor_ids:
+            shutil.copyfile(oppu_file, anchors_dir / user_file_name(anchor))
+        (anchors_dir.parent / ANCHORS_LIST).write_text(json.dumps(anchor_ids))
         pcs = PerPcsBaseline(copy_backbone(backbone), pcs_cfg, work / "perpcs")
         logits = torch.randn(pcs.bank.n_layers, pcs.bank.n_anchors)
         indices, weights = select_pieces(logits, pcs_cfg.top_p)

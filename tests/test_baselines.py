@@ -141,6 +141,7 @@ def test_perpcs_assembles_users_from_anchor_pieces_and_stores_only_the_selection
         pcs.fit(target)
     anchors = pcs.build_anchors(subset(sample["train"], 4))
     assert len(anchors) == 2 and not set(anchors) & {q.user_id for q in target.questions}
+    assert pcs.build_anchors(subset(sample["train"], 4)) == anchors  # a complete anchor set is reused
     pcs.fit(target)
     assert pcs.per_user_params == 2 * 2  # gate logits: layers x anchors
     for q in target.questions:

@@ -34,7 +34,7 @@ from tapper.examples import Example, ExampleBuilder
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_with
 from tapper.lora import add_lora
-from tapper.train_loop import LoopResult, train
+from tapper.train_loop import LoopResult, total_steps, train
 
 log = logging.getLogger(__name__)
 USERS_DIR = "users"
@@ -48,7 +48,7 @@ class OppuConfig(BaselineConfig):
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     lr: float = 1e-3
-    epochs: float = 3.0  # over one user's few history pairs
+    epochs: float = 5.0  # over one user's few history pairs (a handful of steps)
 
 
 def user_file_name(user_id: str) -> str:
@@ -101,11 +101,16 @@ class OppuBaseline:
                 log.info("OPPU user %d/%d (%s): %d steps, loss %.3f", i + 1, len(pairs), user_id, result.steps,
                          result.final_loss)
 
+    def recipe_steps(self, n_examples: int) -> int:
+        """Optimisation steps the default recipe takes for a user with n_examples history pairs."""
+        return total_steps(n_examples, self.config.loop(self.config.lr, self.config.epochs))
+
     def history_pairs(self, user_id: str, history: list[ProfileItem]) -> list[Example]:
         return self.builder.from_history(user_id, history, self.config.max_history_pairs)
 
-    def train_user(self, user_id: str, examples: list[Example]) -> LoopResult:
-        """Fit one user's LoRA from the shared initial weights and write its file."""
+    def train_user(self, user_id: str, examples: list[Example], max_steps: int | None = None) -> LoopResult:
+        """Fit one user's LoRA from the shared initial weights and write its file (max_steps cuts the
+        recipe short, e.g. to time a few steps)."""
         set_peft_model_state_dict(self.model, self.init_state)
         cfg = self.config
         tok = self.backbone.tokenizer
@@ -114,7 +119,7 @@ class OppuBaseline:
             return answer_loss(self.model, tok, [e.prompt for e in batch], [e.answer or "" for e in batch],
                                cfg.max_answer_tokens)
 
-        loop = cfg.loop(cfg.lr, cfg.epochs)
+        loop = cfg.loop(cfg.lr, cfg.epochs, max_steps)
         loop.show_progress = False
         result = train(self.model, examples, loss_fn, loop, desc=f"OPPU {user_id}")
         self.save_user(user_id)

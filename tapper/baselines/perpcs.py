@@ -13,6 +13,7 @@ together in shuffled mixed batches: a user's gates only ever get gradient from t
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -31,11 +32,12 @@ from tapper.data.tasks import get_task
 from tapper.examples import Example, ExampleBuilder
 from tapper.experiment import copy_backbone
 from tapper.generate import generate_batch
-from tapper.io_utils import atomic_write_with
+from tapper.io_utils import atomic_write_text, atomic_write_with
 from tapper.train_loop import train
 
 log = logging.getLogger(__name__)
 ANCHORS_DIR = "anchors"
+ANCHORS_LIST = "anchors.json"  # written once every anchor is trained: a half-built anchor set is never used
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -145,16 +147,17 @@ class PerPcsBaseline:
         freeze(backbone)
         self.builder = ExampleBuilder(self.task, backbone, 0, "bm25", config.max_input_tokens)
         self.bank: PieceBank | None = None
+        self.anchors: list[str] = []
         self.selections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        anchors = self.anchor_files()
-        if anchors:
-            self._install(anchors)
+        listed = self.workdir / ANCHORS_DIR / ANCHORS_LIST
+        if listed.exists():
+            self._install(json.loads(listed.read_text(encoding="utf-8")))
         for path in sorted((self.workdir / USERS_DIR).glob("*.safetensors")):
             tensors = load_file(str(path))
             self.selections[user_id_of(path)] = (tensors["indices"], tensors["weights"])
 
-    def anchor_files(self) -> list[Path]:
-        return sorted((self.workdir / ANCHORS_DIR / USERS_DIR).glob("*.safetensors"))
+    def anchor_file(self, user_id: str) -> Path:
+        return self.workdir / ANCHORS_DIR / USERS_DIR / user_file_name(user_id)
 
     @property
     def per_user_params(self) -> int:
@@ -167,9 +170,11 @@ class PerPcsBaseline:
 
     def build_anchors(self, anchor_split: LampSplit) -> list[str]:
         """Train OPPU LoRAs for the n_anchors users of `anchor_split` with the most history, then install
-        their pieces. Anchors are other users than the targets (their adapters are shared)."""
+        their pieces. Anchors are other users than the targets (their adapters are shared). A workdir that
+        already holds a complete anchor set keeps it (a resumed run does not retrain the anchors)."""
         if self.bank is not None:
-            raise RuntimeError("PER-PCS: anchors are already installed")
+            log.info("PER-PCS: reusing the %d anchors in %s", len(self.anchors), self.workdir / ANCHORS_DIR)
+            return self.anchors
         by_length = sorted(anchor_split.questions, key=lambda q: (-len(q.profile), q.user_id))
         chosen = list(dict.fromkeys(q.user_id for q in by_length))[: self.config.n_anchors]
         if not chosen:
@@ -178,12 +183,17 @@ class PerPcsBaseline:
         trainer = OppuBaseline(copy_backbone(self.backbone), self.config, self.workdir / ANCHORS_DIR)
         trainer.fit(picked)
         del trainer
-        self._install(self.anchor_files())
-        return chosen
+        anchors = sorted(chosen)
+        atomic_write_text(self.workdir / ANCHORS_DIR / ANCHORS_LIST, json.dumps(anchors, ensure_ascii=False) + "\n")
+        self._install(anchors)
+        return self.anchors
 
-    def _install(self, files: list[Path]) -> None:
-        states = [load_file(str(p)) for p in files]
-        self.anchors = [user_id_of(p) for p in files]
+    def _install(self, anchors: list[str]) -> None:
+        missing = [a for a in anchors if not self.anchor_file(a).exists()]
+        if missing:
+            raise FileNotFoundError(f"PER-PCS: {self.workdir / ANCHORS_DIR} lacks the adapter of anchor(s) {missing}")
+        states = [load_file(str(self.anchor_file(a))) for a in anchors]
+        self.anchors = list(anchors)
         self.bank = install_pieces(self.backbone.model, states, self.config.alpha / self.config.r)
 
     # -- gates per target user --------------------------------------------------------------------------
@@ -259,7 +269,10 @@ class PerPcsBaseline:
         directory = Path(directory)
         save_config(self.config, self.name, directory)
         if directory.resolve() != self.workdir.resolve():
-            for src in [*self.anchor_files(), *sorted((self.workdir / USERS_DIR).glob("*.safetensors"))]:
+            anchor_files = [self.anchor_file(a) for a in self.anchors]
+            if self.anchors:
+                anchor_files.append(self.workdir / ANCHORS_DIR / ANCHORS_LIST)
+            for src in [*anchor_files, *sorted((self.workdir / USERS_DIR).glob("*.safetensors"))]:
                 data = src.read_bytes()
                 dest = directory / src.relative_to(self.workdir)
                 atomic_write_with(dest, lambda p, d=data: p.write_bytes(d))

@@ -1,0 +1,403 @@
+"""Quality on real users: every method on one task, same backbone, same users, same metric, 95% intervals.
+
+    .venv/bin/python bench/quality.py --task LaMP_7 --users 100             # LaMP-7 dev (../shared/data/lamp7)
+    .venv/bin/python bench/quality.py --task LaMP_3 --users 69              # Amazon Beauty -> LaMP-3
+    .venv/bin/python bench/quality.py --task LaMP_4 --users 100             # HuffPost -> LaMP-4
+    .venv/bin/python bench/quality.py --task LaMP_2N --users 96             # HuffPost -> LaMP-2N
+    .venv/bin/python bench/quality.py --task LaMP_3 --users 4 --backbone tiny --stage1-users 8 \
+        --out /tmp/q --runs /tmp/q/runs                                     # smoke check (~2 min)
+
+Users. LaMP-7: the dev questions, shuffled with --seed; the first --users are the targets, the next
+--stage1-users the "other users" of stage 1. LaMP-3/-4/-2N are built from the raw dumps with each user's
+latest item as the query and everything earlier as the profile (the builders' "user" split, pooled);
+targets are --users users with at least --min-profile earlier items, sampled with --seed, and stage 1 uses
+the latest items of every other user (up to --stage1-users).
+
+Methods (--methods, default all): naive floors; zero-shot backbone; task LoRA alone (stage 1);
+non-personalized with TAP-PER's stage-2 budget; TAP-PER; with --ablations also TAP-PER without P_u,
+without P_q, without time decay, without the bridge; RAG (k=4); PAG; OPPU; PER-PCS (anchors: the stage-1
+users with the longest histories); PPlug. Stage 1 is trained once and shared. "onboard" (in the default
+set) trains TAP-PER's stage 2 on half of the targets, onboards the other half one P_u row at a time
+(everything shared frozen), and compares them with OPPU and TAP-PER on those same new users, with the
+training seconds each method spends per user. Every method's result is
+kept in --runs as it finishes, so a killed run picks up where it stopped (--fresh ignores them).
+Writes results/quality_<task>.{json,md,png} with bootstrap 95% intervals (1,000 resamples, --seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from common import ROOT, SHARED_DATA, Result, Table
+
+import tapper.engine  # noqa: F401  (loads tapper.prefix before tapper.examples: the two import each other)
+from tapper.backbone import Backbone, load_backbone
+from tapper.baselines.common import make_baseline, run_baseline
+from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
+from tapper.data.builders import BUILDERS
+from tapper.data.lamp_io import read_split
+from tapper.data.records import LampSplit, Question
+from tapper.data.tasks import get_task
+from tapper.experiment import VariantResult, copy_backbone, evaluate_model, primary_metric, run_variant, stage1
+from tapper.io_utils import atomic_write_text
+from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
+from tapper.prefix.model import TapperModel
+from tapper.train import builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
+
+LAMP7_INSTRUCTION = "Paraphrase the following tweet without any explanation before or after it: "
+SOURCES = {
+    "LaMP_3": ("amazon-lamp3", SHARED_DATA / "amazon2018" / "All_Beauty_5.json"),
+    "LaMP_4": ("huffpost-lamp4", SHARED_DATA / "huffpost" / "News_Category_Dataset_v2.partial.json"),
+    "LaMP_2N": ("huffpost-lamp2n", SHARED_DATA / "huffpost" / "News_Category_Dataset_v2.partial.json"),
+}
+CORE = ["floors", "zero-shot", "task-lora", "nonpersonal", "tapper", "rag", "pag", "oppu", "perpcs", "pplug",
+        "onboard"]
+ONBOARDED = "TAP-PER, onboarded (P_u fit only)"
+ABLATIONS = {
+    "no-pu": ("TAP-PER without P_u", {"use_user_state": False}),
+    "no-pq": ("TAP-PER without P_q", {"use_query_prefix": False}),
+    "no-time": ("TAP-PER without time decay", {"use_time_decay": False}),
+    "no-bridge": ("TAP-PER without the bridge", {"use_bridge": False}),
+}
+
+
+# -- users --------------------------------------------------------------------------------------------
+
+def _subset(questions: list[Question], golds: dict[str, str], task: str) -> LampSplit:
+    return LampSplit(task, questions, {q.id: golds[q.id] for q in questions})
+
+
+def lamp7_users(n: int, n_stage1: int, seed: int) -> tuple[LampSplit, LampSplit, dict]:
+    folder = SHARED_DATA / "lamp7"
+    split = read_split(folder / "dev_questions.json", folder / "dev_outputs.json", task="LaMP_7")
+    qs = list(split.questions)
+    random.Random(seed).shuffle(qs)
+    info = {"source": str(folder / "dev_questions.json"), "pool": len(qs)}
+    return _subset(qs[:n], split.golds, "LaMP_7"), _subset(qs[n:n + n_stage1], split.golds, "LaMP_7"), info
+
+
+def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int) -> tuple[LampSplit, LampSplit, dict]:
+    """Latest item per user as the query (the builders' user split, its three parts pooled)."""
+    name, path = SOURCES[task]
+    built = BUILDERS[name](path, split="user", seed=seed, min_profile=0)
+    questions = [q for part in built.values() for q in part.questions]
+    golds = {k: v for part in built.values() for k, v in (part.golds or {}).items()}
+    eligible = sorted((q for q in questions if len(q.profile) >= min_profile), key=lambda q: q.user_id)
+    random.Random(seed).shuffle(eligible)
+    targets = eligible[:n]
+    chosen = {q.user_id for q in targets}
+    others = sorted((q for q in questions if q.user_id not in chosen), key=lambda q: q.user_id)
+    random.Random(seed + 1).shuffle(others)
+    info = {"source": str(path), "builder": name, "users_in_dump": len(questions),
+            f"users_with_min_profile_{min_profile}": len(eligible)}
+    return _subset(targets, golds, task), _subset(others[:n_stage1], golds, task), info
+
+
+# -- floors -------------------------------------------------------------------------------------------
+
+def floors(task: str, target: LampSplit, others: LampSplit) -> dict[str, dict[str, str]]:
+    """Naive predictions that need no model: what any method has to beat."""
+    out: dict[str, dict[str, str]] = {}
+    if task == "LaMP_7":
+        out["copy the input (floor)"] = {q.id: q.input.removeprefix(LAMP7_INSTRUCTION) for q in target.questions}
+    if task == "LaMP_3":
+        def mean_rating(q: Question) -> str:
+            scores = [float(p.get("score")) for p in q.profile if p.get("score") is not None]
+            return f"{statistics.mean(scores):.3f}" if scores else "5"
+
+        out["user's mean past rating (floor)"] = {q.id: mean_rating(q) for q in target.questions}
+        out["always 5 (floor)"] = {q.id: "5" for q in target.questions}
+    if task == "LaMP_2N":
+        majority = Counter(others.golds.values()).most_common(1)[0][0]
+        out[f"majority category, '{majority}' (floor)"] = {q.id: majority for q in target.questions}
+
+        def user_majority(q: Question) -> str:
+            seen = Counter(p.get("category") for p in q.profile if p.get("category"))
+            return seen.most_common(1)[0][0] if seen else majority
+
+        out["user's most frequent past category (floor)"] = {q.id: user_majority(q) for q in target.questions}
+    return out
+
+
+# -- running methods, each result kept on disk ------------------------------------------------------------
+
+class Runner:
+    def __init__(self, runs: Path, fresh: bool):
+        self.runs = runs
+        self.fresh = fresh
+        runs.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str, make: Callable[[], VariantResult]) -> VariantResult:
+        path = self.runs / f"result_{key}.json"
+        if path.exists() and not self.fresh:
+            print(f"[{key}] reusing {path}", flush=True)
+            return VariantResult(**json.loads(path.read_text(encoding="utf-8")))
+        print(f"[{key}] running", flush=True)
+        began = time.perf_counter()
+        result = make()
+        atomic_write_text(path, json.dumps(asdict(result), ensure_ascii=False) + "\n")
+        print(f"[{key}] {result.name}: {result.metrics} ({time.perf_counter() - began:.0f} s)", flush=True)
+        return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--stage1-users", type=int, default=300)
+    ap.add_argument("--min-profile", type=int, default=3, help="built tasks: earlier items a target user needs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backbone", default="default")
+    ap.add_argument("--methods", default="all", help=f"comma-separated subset of {','.join(CORE)}")
+    ap.add_argument("--ablations", action="store_true", help="add TAP-PER's four ablations")
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--runs", type=Path, default=None, help="work dir (default runs/quality/<task>-...)")
+    ap.add_argument("--fresh", action="store_true", help="ignore results kept from an earlier run")
+    args = ap.parse_args()
+    task = get_task(args.task).name
+    wanted = CORE if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    unknown = sorted(set(wanted) - set(CORE))
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; known: {', '.join(CORE)}")
+    if args.ablations:
+        wanted += list(ABLATIONS)
+    runs = args.runs or ROOT / "runs" / "quality" / f"{task}-n{args.users}-s{args.seed}-{args.backbone}"
+    runner = Runner(runs, args.fresh)
+    result = Result(f"quality_{task}", f"Quality on {task}: every method, same backbone and users", {})
+
+    if task == "LaMP_7":
+        target, others, data_info = lamp7_users(args.users, args.stage1_users, args.seed)
+    else:
+        target, others, data_info = built_users(task, args.users, args.stage1_users, args.seed, args.min_profile)
+    golds = target.golds or {}
+    tcfg, cfg = resolve_configs(task, {"backbone": args.backbone}, {"seed": args.seed})
+    backbone = load_backbone(args.backbone)
+    results: list[VariantResult] = []
+
+    if "floors" in wanted:
+        for name, preds in floors(task, target, others).items():
+            results.append(VariantResult(name, evaluate(task, golds, preds), 0, 0.0, 0.0, preds))
+    if "zero-shot" in wanted:
+        def zero_shot() -> VariantResult:
+            m, p, raw, s = evaluate_model(TapperModel(copy_backbone(backbone), zero_shot_config(tcfg)), target,
+                                          desc="zero-shot")
+            return VariantResult("zero-shot backbone", m, 0, 0.0, s, p, raw)
+        results.append(runner.get("zero-shot", zero_shot))
+
+    tuned: Backbone | None = None
+    stage1_seconds = 0.0
+
+    def get_tuned() -> Backbone:
+        nonlocal tuned, stage1_seconds
+        if tuned is None:
+            began = time.perf_counter()
+            tuned = stage1(copy_backbone(backbone), others, tcfg, cfg, runs / "stage1")  # merges in place
+            stage1_seconds = time.perf_counter() - began
+        return tuned
+
+    if "task-lora" in wanted:
+        def task_lora() -> VariantResult:
+            t = get_tuned()
+            m, p, raw, s = evaluate_model(TapperModel(copy_backbone(t), zero_shot_config(tcfg)), target,
+                                          desc="task LoRA")
+            return VariantResult("task LoRA (stage 1 only)", m, 0, stage1_seconds, s, p, raw)
+        results.append(runner.get("task-lora", task_lora))
+    if "nonpersonal" in wanted:
+        results.append(runner.get("nonpersonal", lambda: run_variant(
+            "non-personalized, same budget", get_tuned(), target, nonpersonal_config(tcfg), cfg, runs / "nonpersonal")))
+    if "tapper" in wanted:
+        results.append(runner.get("tapper", lambda: run_variant("TAP-PER", get_tuned(), target, tcfg, cfg,
+                                                                runs / "tapper")))
+    for key, (name, switch) in ABLATIONS.items():
+        if key in wanted:
+            results.append(runner.get(key, lambda n=name, s=switch, k=key: run_variant(
+                n, get_tuned(), target, replace(tcfg, **s), cfg, runs / k)))
+
+    def baseline(method: str, own_copy: bool) -> Callable[[], VariantResult]:
+        def run() -> VariantResult:
+            t = get_tuned()
+            obj = make_baseline(method, copy_backbone(t) if own_copy else t, task, runs / method,
+                                {"seed": args.seed}, summarizer=backbone if method == "pag" else None)
+            began = time.perf_counter()
+            if method == "perpcs":
+                obj.build_anchors(others)
+            anchors_seconds = time.perf_counter() - began
+            r = run_baseline(obj, target)
+            r.train_seconds += anchors_seconds
+            obj.save(runs / method)
+            return r
+        return run
+
+    for method, own_copy in (("rag", False), ("pag", False), ("oppu", True), ("perpcs", True), ("pplug", True)):
+        if method in wanted:
+            results.append(runner.get(method, baseline(method, own_copy)))
+    if "onboard" in wanted:
+        results.append(runner.get("onboard", lambda: onboard_half(get_tuned(), target, tcfg, cfg, runs / "onboard")))
+
+    # -- report ----------------------------------------------------------------------------------------
+    metric_names = METRIC_NAMES[get_task(task).metric]
+    primary, higher_better = primary_metric(task)
+    rows, data_rows = [], []
+    for r in results:
+        if r.name == ONBOARDED:
+            continue
+        ci = bootstrap_ci(task, golds, r.predictions, n=1000, seed=args.seed)
+        cells = []
+        for name in metric_names:
+            cells += [r.metrics[name], f"{ci[name][0]:.3f} - {ci[name][1]:.3f}"]
+        rows.append([r.name, *cells, r.per_user_params, round(r.train_seconds), round(r.predict_seconds)])
+        data_rows.append({"method": r.name, "metrics": r.metrics, "ci95": ci, "per_user_params": r.per_user_params,
+                          "train_seconds": r.train_seconds, "predict_seconds": r.predict_seconds,
+                          "examples": {i: r.predictions[i] for i in list(r.predictions)[:5]}})
+    columns = ["method"]
+    for name in metric_names:
+        columns += [name, "95% CI"]
+    columns += ["per-user params", "train s", "predict s"]
+    direction = "higher" if higher_better else "lower"
+    result.tables.append(Table(f"{task}: {len(target.questions)} target users, {len(others.questions)} stage-1 "
+                               f"users, backbone {backbone.name} ({direction} {primary} is better)", columns, rows))
+    result.data.update({
+        "task": task, "seed": args.seed, "backbone": backbone.name, "target_users": len(target.questions),
+        "stage1_users": len(others.questions), "data": data_info, "model_config": asdict(tcfg),
+        "train_config": asdict(cfg), "results": data_rows, "runs": str(runs),
+    })
+    result.notes += compare(results, task, primary, higher_better, golds, args.seed)
+    onboarded = next((r for r in results if r.name == ONBOARDED), None)
+    if onboarded is not None:
+        table, notes, rows_data = onboarding_table(results, onboarded, task, primary, higher_better, golds,
+                                                   len(target.questions), args.seed)
+        result.tables.append(table)
+        result.notes += notes
+        result.data["onboarding"] = rows_data
+
+    def plot(fig):
+        ax = fig.subplots()
+        names = [r["method"] for r in data_rows][::-1]
+        values = [r["metrics"][primary] for r in data_rows][::-1]
+        lows = [v - r["ci95"][primary][0] for v, r in zip(values, data_rows[::-1], strict=True)]
+        highs = [r["ci95"][primary][1] - v for v, r in zip(values, data_rows[::-1], strict=True)]
+        colors = ["#2a7" if n.startswith("TAP-PER") else "#999" if "floor" in n else "#68c" for n in names]
+        ax.barh(names, values, xerr=[lows, highs], color=colors, capsize=3)
+        ax.set_xlabel(f"{primary} ({direction} is better), 95% bootstrap CI")
+        ax.tick_params(axis="y", labelsize=7)
+
+    for path in result.write(args.out, plot):
+        print(f"wrote {path}")
+    print(result.tables[0].markdown())
+    for note in result.notes:
+        print(f"- {note}")
+
+
+def compare(results: list[VariantResult], task: str, primary: str, higher_better: bool, golds: dict[str, str],
+            seed: int) -> list[str]:
+    """TAP-PER against each peer on the primary metric, with a paired bootstrap of the difference."""
+    by_name = {r.name: r for r in results}
+    tap = by_name.get("TAP-PER")
+    if tap is None:
+        return []
+    notes = []
+    for r in results:
+        if r is tap or "floor" in r.name or r.name == ONBOARDED:
+            continue
+        low, high = paired_difference_ci(task, primary, golds, tap.predictions, r.predictions, seed)
+        diff = tap.metrics[primary] - r.metrics[primary]
+        better = diff > 0 if higher_better else diff < 0
+        clear = (low > 0 or high < 0)
+        verdict = ("better" if better else "worse") + (" (95% CI of the difference excludes 0)" if clear
+                                                       else " (within noise: the 95% CI of the difference spans 0)")
+        notes.append(f"TAP-PER vs {r.name}: {primary} {tap.metrics[primary]:.4f} vs {r.metrics[primary]:.4f}, "
+                     f"difference {diff:+.4f} [{low:+.4f}, {high:+.4f}]: {verdict}.")
+    return notes
+
+
+def onboard_half(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Path) -> VariantResult:
+    """Stage 2 on half of the target users; the other half arrive later and are onboarded one P_u row
+    each (P_q, bridge and every other user frozen). Scored on the onboarded half only; train_seconds is
+    the onboarding time per user."""
+    import torch
+
+    users = sorted({q.user_id for q in target.questions})
+    random.Random(cfg.seed).shuffle(users)
+    known_users = set(users[: len(users) // 2])
+    known = LampSplit(target.task, [q for q in target.questions if q.user_id in known_users], target.golds)
+    new = _subset([q for q in target.questions if q.user_id not in known_users], target.golds or {}, target.task)
+    torch.manual_seed(cfg.seed)
+    model = TapperModel(copy_backbone(tuned), tcfg, sorted(known_users))
+    builder = builder_for(model, tcfg)
+    train_prefixes(model, history_examples(builder, known, cfg.max_history_pairs), cfg, run_dir)
+    began = time.perf_counter()
+    for q in new.questions:
+        onboard_user(model, q.user_id, q.profile, cfg, builder)
+    per_user = (time.perf_counter() - began) / max(1, len(new.questions))
+    m, p, raw, s = evaluate_model(model, new, desc="onboarded")
+    return VariantResult(ONBOARDED, m, model.row_size, per_user, s, p, raw)
+
+
+def onboarding_table(results: list[VariantResult], onboarded: VariantResult, task: str, primary: str,
+                     higher_better: bool, golds: dict[str, str], n_target: int, seed: int
+                     ) -> tuple[Table, list[str], list[dict]]:
+    """The onboarded users scored by every method that answered them, with training seconds per user."""
+    ids = sorted(onboarded.predictions)
+    sub = {i: golds[i] for i in ids}
+    by_name = {r.name: r for r in results}
+    per_user_seconds = {ONBOARDED: (onboarded.train_seconds, "P_u fit, shared parts frozen")}
+    if "OPPU" in by_name:
+        per_user_seconds["OPPU"] = (by_name["OPPU"].train_seconds / n_target, "own LoRA")
+    if "TAP-PER" in by_name:
+        per_user_seconds["TAP-PER"] = (by_name["TAP-PER"].train_seconds / n_target, "joint stage 2, amortised")
+    if "task LoRA (stage 1 only)" in by_name:
+        per_user_seconds["task LoRA (stage 1 only)"] = (0.0, "nothing per user")
+    rows, data = [], []
+    for name, (seconds, how) in per_user_seconds.items():
+        r = by_name[name]
+        preds = {i: r.predictions[i] for i in ids}
+        value = evaluate(task, sub, preds)[primary]
+        low, high = bootstrap_ci(task, sub, preds, n=1000, seed=seed)[primary]
+        rows.append([name, how, value, f"{low:.3f} - {high:.3f}", seconds])
+        data.append({"method": name, primary: value, "ci95": [low, high], "train_seconds_per_user": seconds})
+    table = Table(f"Onboarding: the {len(ids)} target users held out of stage 2", ["method", "how", primary,
+                  "95% CI", "train s / user"], rows, align_left=2)
+    notes = []
+    if "OPPU" in per_user_seconds:
+        oppu_value = next(d[primary] for d in data if d["method"] == "OPPU")
+        on_value = data[0][primary]
+        at_least = on_value >= oppu_value if higher_better else on_value <= oppu_value
+        speed = per_user_seconds["OPPU"][0] / max(onboarded.train_seconds, 1e-9)
+        notes.append(f"Onboarding: a new user costs TAP-PER {onboarded.train_seconds:.1f} s and OPPU "
+                     f"{per_user_seconds['OPPU'][0]:.1f} s of training ({speed:.2f}x); {primary} on those users "
+                     f"{on_value:.4f} vs {oppu_value:.4f} ({'equal or better' if at_least else 'worse'}). "
+                     f"Target (>= 5x faster to equal or better quality): "
+                     f"{'met' if speed >= 5 and at_least else 'missed'}.")
+    return table, notes, data
+
+
+def paired_difference_ci(task: str, metric: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str],
+                         seed: int, n: int = 1000) -> tuple[float, float]:
+    """Percentile bootstrap of metric(a) - metric(b), resampling the same questions for both. Valid for the
+    primary metrics (accuracy, MAE, ROUGE), which are means of per-question scores."""
+    import numpy as np
+
+    if metric not in ("accuracy", "mae", "rouge-1", "rouge-L"):
+        raise ValueError(f"{metric} is not a mean of per-question scores")
+    ids = sorted(golds)
+
+    def per_question(preds: dict[str, str]) -> np.ndarray:
+        return np.array([evaluate(task, {q: golds[q]}, {q: preds[q]})[metric] for q in ids])
+
+    diff = per_question(a) - per_question(b)
+    rng = np.random.default_rng(seed)
+    means = [diff[rng.integers(0, len(ids), len(ids))].mean() for _ in range(n)]
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+if __name__ == "__main__":
+    main()
