@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from common import RESULTS, Result, Table, ratio
 
-import tapper.prefix  # noqa: F401  (must load before tapper.examples: the two import each other)
 from tapper.backbone import load_backbone
 from tapper.baselines.oppu import USERS_DIR, OppuBaseline, OppuConfig, user_file_name
 from tapper.baselines.perpcs import ANCHORS_DIR, ANCHORS_LIST, PerPcsBaseline, PerPcsConfig, select_pieces

@@ -15,9 +15,9 @@ the latest items of every other user (up to --stage1-users).
 
 Methods (--methods, default all): naive floors; zero-shot backbone; task LoRA alone (stage 1);
 non-personalized with TAP-PER's stage-2 budget; TAP-PER; with --ablations also TAP-PER without P_u,
-without P_q, without time decay, without the bridge; RAG (k=4); PAG; OPPU; PER-PCS (anchors: the stage-1
-users with the longest histories); PPlug. Stage 1 is trained once and shared. "onboard" (in the default
-set) trains TAP-PER's stage 2 on half of the targets, onboards the other half one P_u row at a time
+without P_q, without time decay, without the bridge; RAG (k=4); PAG; OPPU; PER-PCS (anchors: the
+non-target users with the longest histories); PPlug. Stage 1 is trained once and shared. "onboard" (in the
+default set) trains TAP-PER's stage 2 on half of the targets, onboards the other half one P_u row at a time
 (everything shared frozen), and compares them with OPPU and TAP-PER on those same new users, with the
 training seconds each method spends per user. Every method's result is
 kept in --runs as it finishes, so a killed run picks up where it stopped (--fresh ignores them).
@@ -38,7 +38,6 @@ from pathlib import Path
 
 from common import ROOT, SHARED_DATA, Result, Table
 
-import tapper.engine  # noqa: F401  (loads tapper.prefix before tapper.examples: the two import each other)
 from tapper.backbone import Backbone, load_backbone
 from tapper.baselines.common import make_baseline, run_baseline
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
@@ -46,7 +45,15 @@ from tapper.data.builders import BUILDERS
 from tapper.data.lamp_io import read_split
 from tapper.data.records import LampSplit, Question
 from tapper.data.tasks import get_task
-from tapper.experiment import VariantResult, copy_backbone, evaluate_model, primary_metric, run_variant, stage1
+from tapper.experiment import (
+    VariantResult,
+    copy_backbone,
+    evaluate_model,
+    primary_metric,
+    run_variant,
+    score_with_int8_user_state,
+    stage1,
+)
 from tapper.io_utils import atomic_write_text
 from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
 from tapper.prefix.model import TapperModel
@@ -75,16 +82,19 @@ def _subset(questions: list[Question], golds: dict[str, str], task: str) -> Lamp
     return LampSplit(task, questions, {q.id: golds[q.id] for q in questions})
 
 
-def lamp7_users(n: int, n_stage1: int, seed: int) -> tuple[LampSplit, LampSplit, dict]:
+def lamp7_users(n: int, n_stage1: int, seed: int) -> tuple[LampSplit, LampSplit, LampSplit, dict]:
+    """(targets, stage-1 users, every non-target user, data info)."""
     folder = SHARED_DATA / "lamp7"
     split = read_split(folder / "dev_questions.json", folder / "dev_outputs.json", task="LaMP_7")
     qs = list(split.questions)
     random.Random(seed).shuffle(qs)
     info = {"source": str(folder / "dev_questions.json"), "pool": len(qs)}
-    return _subset(qs[:n], split.golds, "LaMP_7"), _subset(qs[n:n + n_stage1], split.golds, "LaMP_7"), info
+    return (_subset(qs[:n], split.golds, "LaMP_7"), _subset(qs[n:n + n_stage1], split.golds, "LaMP_7"),
+            _subset(qs[n:], split.golds, "LaMP_7"), info)
 
 
-def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int) -> tuple[LampSplit, LampSplit, dict]:
+def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int
+                ) -> tuple[LampSplit, LampSplit, LampSplit, dict]:
     """Latest item per user as the query (the builders' user split, its three parts pooled)."""
     name, path = SOURCES[task]
     built = BUILDERS[name](path, split="user", seed=seed, min_profile=0)
@@ -98,7 +108,7 @@ def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int) -
     random.Random(seed + 1).shuffle(others)
     info = {"source": str(path), "builder": name, "users_in_dump": len(questions),
             f"users_with_min_profile_{min_profile}": len(eligible)}
-    return _subset(targets, golds, task), _subset(others[:n_stage1], golds, task), info
+    return _subset(targets, golds, task), _subset(others[:n_stage1], golds, task), _subset(others, golds, task), info
 
 
 # -- floors -------------------------------------------------------------------------------------------
@@ -133,6 +143,7 @@ class Runner:
     def __init__(self, runs: Path, fresh: bool):
         self.runs = runs
         self.fresh = fresh
+        self.models: dict[str, TapperModel | None] = {}
         runs.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str, make: Callable[[], VariantResult]) -> VariantResult:
@@ -143,7 +154,10 @@ class Runner:
         print(f"[{key}] running", flush=True)
         began = time.perf_counter()
         result = make()
-        atomic_write_text(path, json.dumps(asdict(result), ensure_ascii=False) + "\n")
+        self.models[key] = result.model
+        result.model = None  # the result is kept as numbers; the trained model only as long as it is needed
+        kept = {k: v for k, v in asdict(result).items() if k != "model"}
+        atomic_write_text(path, json.dumps(kept, ensure_ascii=False) + "\n")
         print(f"[{key}] {result.name}: {result.metrics} ({time.perf_counter() - began:.0f} s)", flush=True)
         return result
 
@@ -174,9 +188,10 @@ def main() -> None:
     result = Result(f"quality_{task}", f"Quality on {task}: every method, same backbone and users", {})
 
     if task == "LaMP_7":
-        target, others, data_info = lamp7_users(args.users, args.stage1_users, args.seed)
+        target, others, pool, data_info = lamp7_users(args.users, args.stage1_users, args.seed)
     else:
-        target, others, data_info = built_users(task, args.users, args.stage1_users, args.seed, args.min_profile)
+        target, others, pool, data_info = built_users(task, args.users, args.stage1_users, args.seed,
+                                                      args.min_profile)
     golds = target.golds or {}
     tcfg, cfg = resolve_configs(task, {"backbone": args.backbone}, {"seed": args.seed})
     backbone = load_backbone(args.backbone)
@@ -216,6 +231,12 @@ def main() -> None:
     if "tapper" in wanted:
         results.append(runner.get("tapper", lambda: run_variant("TAP-PER", get_tuned(), target, tcfg, cfg,
                                                                 runs / "tapper")))
+
+        def int8_rows() -> VariantResult:
+            model = runner.models.pop("tapper", None) or TapperModel.from_pretrained(
+                runs / "tapper", backbone=copy_backbone(get_tuned()))
+            return score_with_int8_user_state("TAP-PER (int8 user table)", model, target)
+        results.append(runner.get("tapper-int8", int8_rows))
     for key, (name, switch) in ABLATIONS.items():
         if key in wanted:
             results.append(runner.get(key, lambda n=name, s=switch, k=key: run_variant(
@@ -228,10 +249,12 @@ def main() -> None:
                                 {"seed": args.seed}, summarizer=backbone if method == "pag" else None)
             began = time.perf_counter()
             if method == "perpcs":
-                obj.build_anchors(others)
+                obj.build_anchors(pool)  # the non-target users with the longest histories
             anchors_seconds = time.perf_counter() - began
             r = run_baseline(obj, target)
             r.train_seconds += anchors_seconds
+            if method in ("rag", "pag"):
+                r.name = f"{r.name} (k={obj.config.k}, {obj.config.retriever})"
             obj.save(runs / method)
             return r
         return run
@@ -311,8 +334,9 @@ def compare(results: list[VariantResult], task: str, primary: str, higher_better
         diff = tap.metrics[primary] - r.metrics[primary]
         better = diff > 0 if higher_better else diff < 0
         clear = (low > 0 or high < 0)
-        verdict = ("better" if better else "worse") + (" (95% CI of the difference excludes 0)" if clear
-                                                       else " (within noise: the 95% CI of the difference spans 0)")
+        verdict = "equal" if diff == 0 else "better" if better else "worse"
+        verdict += (" (95% CI of the difference excludes 0)" if clear
+                    else " (within noise: the 95% CI of the difference spans 0)")
         notes.append(f"TAP-PER vs {r.name}: {primary} {tap.metrics[primary]:.4f} vs {r.metrics[primary]:.4f}, "
                      f"difference {diff:+.4f} [{low:+.4f}, {high:+.4f}]: {verdict}.")
     return notes

@@ -33,7 +33,6 @@ import torch
 from common import RESULTS, SHARED_DATA, Result, Table, ratio
 from peft import PeftModel
 
-import tapper.engine  # noqa: F401  (loads tapper.prefix before tapper.examples: the two import each other)
 from tapper.backbone import load_backbone
 from tapper.baselines.oppu import OppuBaseline, OppuConfig
 from tapper.baselines.rag import RagBaseline, RagConfig

@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import tapper.prefix  # noqa: F401  (must load before tapper.examples: the two import each other)
 from tapper.backbone import tiny_backbone
 from tapper.baselines.common import make_baseline, run_baseline
 from tapper.baselines.oppu import OppuBaseline, user_file_name

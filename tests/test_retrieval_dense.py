@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import tapper.prefix  # noqa: F401  (must load before tapper.examples: the two import each other)
 from tapper.data.records import ProfileItem
 from tapper.data.tasks import get_task
 from tapper.examples import ExampleBuilder

@@ -11,9 +11,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-# tapper.examples and tapper.prefix import each other; entering through tapper.prefix is the order
-# that resolves (entering through tapper.examples first fails).
-import tapper.prefix  # noqa: F401
 from tapper.backbone import Backbone
 from tapper.batching import truncate_text
 from tapper.data.records import LampSplit, ProfileItem

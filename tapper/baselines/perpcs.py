@@ -175,15 +175,18 @@ class PerPcsBaseline:
         if self.bank is not None:
             log.info("PER-PCS: reusing the %d anchors in %s", len(self.anchors), self.workdir / ANCHORS_DIR)
             return self.anchors
-        by_length = sorted(anchor_split.questions, key=lambda q: (-len(q.profile), q.user_id))
+        with_history = [q for q in anchor_split.questions if len(q.profile) > 0]
+        by_length = sorted(with_history, key=lambda q: (-len(q.profile), q.user_id))
         chosen = list(dict.fromkeys(q.user_id for q in by_length))[: self.config.n_anchors]
         if not chosen:
-            raise ValueError("PER-PCS: the anchor split has no users")
+            raise ValueError("PER-PCS: no user of the anchor split has any history to train an anchor on")
         picked = LampSplit(anchor_split.task, [q for q in anchor_split.questions if q.user_id in set(chosen)])
         trainer = OppuBaseline(copy_backbone(self.backbone), self.config, self.workdir / ANCHORS_DIR)
         trainer.fit(picked)
         del trainer
-        anchors = sorted(chosen)
+        anchors = sorted(a for a in chosen if self.anchor_file(a).exists())  # users without pairs train nothing
+        if not anchors:
+            raise ValueError(f"PER-PCS: none of the anchor users {chosen} has a usable history pair")
         atomic_write_text(self.workdir / ANCHORS_DIR / ANCHORS_LIST, json.dumps(anchors, ensure_ascii=False) + "\n")
         self._install(anchors)
         return self.anchors
