@@ -84,18 +84,19 @@ def _trainable(module: nn.Module, params: Sequence[nn.Parameter] | None) -> dict
     }
 
 
-def _save_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch.optim.Optimizer, step: int,
-                     losses: list[float], tokens: int) -> None:
+def _save_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch.optim.Optimizer, schedule,
+                     step: int, losses: list[float], tokens: int) -> None:
     tensors = {n: p.detach().cpu().contiguous() for n, p in named.items()}
     atomic_write_with(directory / CKPT_PARAMS, lambda p: save_file(tensors, str(p)))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    atomic_write_with(directory / CKPT_OPTIM, lambda p: torch.save({"optimizer": opt.state_dict(), "rng": rng}, p))
+    atomic_write_with(directory / CKPT_OPTIM, lambda p: torch.save(
+        {"optimizer": opt.state_dict(), "schedule": schedule.state_dict(), "rng": rng}, p))
     # The state file goes last: it names a step only once everything for that step is on disk.
     state = {"step": step, "losses": losses, "tokens": tokens}
     atomic_write_text(directory / CKPT_STATE, json.dumps(state) + "\n")
 
 
-def _load_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch.optim.Optimizer) -> dict:
+def _load_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch.optim.Optimizer, schedule) -> dict:
     state = json.loads((directory / CKPT_STATE).read_text())
     tensors = load_file(str(directory / CKPT_PARAMS))
     missing = sorted(set(named) - set(tensors))
@@ -106,6 +107,7 @@ def _load_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch
             p.copy_(tensors[n].to(p.device))
     extra = torch.load(directory / CKPT_OPTIM, weights_only=False)
     opt.load_state_dict(extra["optimizer"])
+    schedule.load_state_dict(extra["schedule"])
     torch.set_rng_state(extra["rng"]["torch"])
     random.setstate(extra["rng"]["python"])
     return state
@@ -147,10 +149,8 @@ def train(
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     start, losses, tokens = 0, [], 0
     if ckpt and (ckpt / CKPT_STATE).exists():
-        state = _load_checkpoint(ckpt, named, opt)
+        state = _load_checkpoint(ckpt, named, opt, schedule)
         start, losses, tokens = state["step"], state["losses"], state["tokens"]
-        for _ in range(start):
-            schedule.step()
     resumed_from = start
 
     module.train()
@@ -175,7 +175,7 @@ def train(
         if on_step:
             on_step(step + 1, steps, losses[-1])
         if ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-            _save_checkpoint(ckpt, named, opt, step + 1, losses, tokens)
+            _save_checkpoint(ckpt, named, opt, schedule, step + 1, losses, tokens)
     bar.close()
     module.eval()
     seconds = time.perf_counter() - began

@@ -96,7 +96,7 @@ def test_user_rows_change_outputs(backbone):
     assert not torch.allclose(pa, pc)
     la, _ = model.loss([a.__class__(**{**a.__dict__, "answer": "4"})])
     lc, _ = model.loss([c.__class__(**{**c.__dict__, "answer": "4"})])
-    assert abs(float(la) - float(lc)) > 1e-4
+    assert abs(float(la.detach()) - float(lc.detach())) > 1e-4
 
 
 def test_time_decay_moves_attention_as_dates_change():
