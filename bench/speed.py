@@ -1,6 +1,6 @@
 """Speed, side by side in one run (ratios, not absolute times): TAP-PER vs non-personalized vs RAG vs OPPU.
 
-    .venv/bin/python bench/speed.py                       # default backbone, LaMP-7 dev users, ~5-10 min
+    .venv/bin/python bench/speed.py --threads 1           # default backbone, LaMP-7 dev users, ~11 min
     .venv/bin/python bench/speed.py --backbone tiny --latency-requests 3 --batch-users 4 --onboard-users 1 \
         --out /tmp/speed                                  # smoke check
 
@@ -86,9 +86,13 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--onboard-measure-steps", type=int, default=3, help="steps timed per onboarding recipe")
     ap.add_argument("--k", type=int, default=4, help="RAG's records")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default); 1 gives steadier timings on a shared machine")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = Result("speed", "Speed: latency, mixed-user throughput, onboarding (side by side, one run)", {})
     torch.manual_seed(args.seed)
     n_tok = args.new_tokens
@@ -256,7 +260,8 @@ def main() -> None:
 
     def plot(fig):
         ax1, ax2, ax3 = fig.subplots(1, 3)
-        ax1.bar([n.replace(", ", "\n") for n in names], [med[n] for n in names], color=["#888", "#c95", "#2a7", "#5c9"])
+        labels = [n.replace("non-", "non-\n").replace(" (", "\n(").replace(", ", "\n") for n in names]
+        ax1.bar(labels, [med[n] for n in names], color=["#888", "#c95", "#2a7", "#5c9"])
         ax1.set_title("latency / request (s)")
         ax1.tick_params(axis="x", labelsize=7)
         ax2.bar(["TAP-PER\n1 batch", "OPPU\nper user", "plain\n1 batch"], [nb / t_tap, nb / t_oppu, nb / t_plain],
