@@ -22,6 +22,7 @@ from tapper.backbone import load_backbone
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
 from tapper.data.lamp_io import read_split
 from tapper.data.records import LampSplit
+from tapper.data.tasks import get_task
 from tapper.experiment import (
     VariantResult,
     copy_backbone,
@@ -30,6 +31,7 @@ from tapper.experiment import (
     score_with_int8_user_state,
     stage1,
 )
+from tapper.history_inputs import rewrite_history_inputs
 from tapper.io_utils import atomic_write_text
 from tapper.metrics import bootstrap_ci, evaluate
 from tapper.prefix.model import TapperModel
@@ -56,6 +58,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "lamp7")
+    ap.add_argument("--rewrite-history", action="store_true",
+                    help="stage-2 pairs: backbone rewrite of each history tweet -> the tweet (else tweet -> tweet)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="train override key=value")
     args = ap.parse_args()
     began = time.perf_counter()
@@ -73,14 +77,19 @@ def main() -> None:
     zero_shot = TapperModel(copy_backbone(backbone), zero_shot_config(tcfg))
     m, p, raw, s = evaluate_model(zero_shot, target, desc="zero-shot")
     results.append(VariantResult("zero-shot backbone", m, 0, 0, s, p, raw))
+    history_inputs = None
+    if args.rewrite_history:
+        history_inputs = rewrite_history_inputs(backbone, get_task("LaMP_7"), target, cfg.max_history_pairs,
+                                                args.runs / "history_rewrites.json")
     t0 = time.perf_counter()
     tuned = stage1(backbone, others, tcfg, cfg, args.runs / "tapper")
     s1 = time.perf_counter() - t0
     m, p, raw, s = evaluate_model(TapperModel(copy_backbone(tuned), zero_shot_config(tcfg)), target, desc="task LoRA")
     results.append(VariantResult("task LoRA (stage 1 only)", m, 0, s1, s, p, raw))
     results.append(run_variant("non-personalized, same budget", tuned, target, nonpersonal_config(tcfg), cfg,
-                               args.runs / "nonpersonal"))
-    results.append(run_variant("TAP-PER", tuned, target, tcfg, cfg, args.runs / "tapper"))
+                               args.runs / "nonpersonal", history_inputs=history_inputs))
+    results.append(run_variant("TAP-PER", tuned, target, tcfg, cfg, args.runs / "tapper",
+                               history_inputs=history_inputs))
     results.append(score_with_int8_user_state("TAP-PER, int8 user table", results[-1].model, target))
 
     rows = []
@@ -90,7 +99,8 @@ def main() -> None:
                      "train_seconds": round(r.train_seconds, 1), "predict_seconds": round(r.predict_seconds, 1),
                      "examples": {i: r.predictions[i] for i in list(r.predictions)[:5]}})
     command = "python " + " ".join(shlex.quote(a) for a in [f"bench/{Path(__file__).name}", *sys.argv[1:]])
-    report = {"command": command, "task": "LaMP_7", "target_users": len(target.questions),
+    report = {"command": command, "task": "LaMP_7", "rewrite_history": args.rewrite_history,
+              "target_users": len(target.questions),
               "stage1_users": len(others.questions), "seed": args.seed, "backbone": backbone.name,
               "model_config": tcfg.__dict__, "train_config": cfg.__dict__, "stage1_seconds": round(s1, 1),
               "wall_seconds": round(time.perf_counter() - began, 1), "results": rows}

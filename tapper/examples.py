@@ -6,6 +6,7 @@ its raw text (what BM25 and z_q read), and the records selected for it from stri
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tapper.backbone import Backbone
@@ -35,13 +36,18 @@ class ExampleBuilder:
         top_k: int = 10,
         retriever: Retriever | str = "bm25",
         max_input_tokens: int = 192,
+        history_inputs: Mapping[str, str] | None = None,
     ):
+        """history_inputs maps a history record's id to the input its replayed query should show instead of
+        the task template (see tapper.history_inputs: for LaMP-7 the template would contain the answer)."""
         self.task = task
         self.backbone = backbone
         self.top_k = top_k
         self.retriever = get_retriever(retriever) if isinstance(retriever, str) else retriever
         self.max_input_tokens = max_input_tokens
         self.undated = UndatedCounter()
+        self.history_inputs = dict(history_inputs or {})
+        self.skipped_history = 0  # records with nothing to learn from (e.g. an empty answer field)
 
     def for_query(
         self,
@@ -88,9 +94,11 @@ class ExampleBuilder:
         for i in positions:
             pair = self.task.history_pair(history[i])
             if pair is None:
+                self.skipped_history += 1
                 continue
+            query = self.history_inputs.get(history[i].id, pair[0])
             out.append(self.for_query(
-                user_id, pair[0], history, end=i, query_day=history[i].day, answer=pair[1],
+                user_id, query, history, end=i, query_day=history[i].day, answer=pair[1],
                 example_id=f"{user_id}/{history[i].id}",
             ))
         return out

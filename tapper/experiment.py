@@ -72,13 +72,14 @@ def run_variant(
     run_dir: Path,
     train_stage2: bool = True,
     batch_size: int = 16,
+    history_inputs: dict[str, str] | None = None,
 ) -> VariantResult:
     torch.manual_seed(cfg.seed)
     users = sorted({q.user_id for q in target.questions})
     model = TapperModel(copy_backbone(tuned), tcfg, users)
     began = time.perf_counter()
     if train_stage2:
-        examples = history_examples(builder_for(model, tcfg), target, cfg.max_history_pairs)
+        examples = history_examples(builder_for(model, tcfg, history_inputs), target, cfg.max_history_pairs)
         train_prefixes(model, examples, cfg, run_dir)
         model.save_pretrained(run_dir)
     train_seconds = time.perf_counter() - began

@@ -114,6 +114,9 @@ def history_examples(builder: ExampleBuilder, split: LampSplit, max_pairs: int |
     for q in split.questions:
         out += builder.from_history(q.user_id, q.profile, max_pairs)
     builder.undated.report(f"{split.task} history")
+    if builder.skipped_history:
+        log.warning("%s: %d history records have no answer to learn from and were skipped",
+                    split.task, builder.skipped_history)
     return out
 
 
@@ -165,8 +168,11 @@ def train_prefixes(model: TapperModel, examples: list[Example], cfg: TrainConfig
     if model.config.use_query_prefix:
         params += list(model.query_prefix.parameters())
     params += [p for n, p in model.lm.named_parameters() if "lora_" in n]
+    checkpoints = run_dir / "checkpoints" / "stage2"
     result = train(model, examples, model.loss, _loop(cfg, cfg.stage2_lr, cfg.stage2_epochs), params=params,
-                   param_lrs=lrs, checkpoint_dir=run_dir / "checkpoints" / "stage2", desc="stage 2 (prefixes)")
+                   param_lrs=lrs, checkpoint_dir=checkpoints, desc="stage 2 (prefixes)")
+    # A finished stage leaves no checkpoint behind: a later run in this directory must start fresh.
+    shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("stage 2: %d steps, loss %.3f, %.0f tok/s", result.steps, result.final_loss, result.tokens_per_second)
     return result
 
@@ -222,12 +228,14 @@ def onboard_user(model: TapperModel, user_id: str, history: list[ProfileItem], c
 
 # -- the whole pipeline -----------------------------------------------------------------------------
 
-def builder_for(model_or_backbone: TapperModel | Backbone, tcfg: TapperConfig) -> ExampleBuilder:
+def builder_for(model_or_backbone: TapperModel | Backbone, tcfg: TapperConfig,
+                history_inputs: dict[str, str] | None = None) -> ExampleBuilder:
     backbone = model_or_backbone
     if isinstance(model_or_backbone, TapperModel):
         backbone = Backbone(model=model_or_backbone.hf_model, tokenizer=model_or_backbone.tokenizer,
                             name=model_or_backbone.backbone_name)
-    return ExampleBuilder(get_task(tcfg.task), backbone, tcfg.top_k, tcfg.retriever, tcfg.max_input_tokens)
+    return ExampleBuilder(get_task(tcfg.task), backbone, tcfg.top_k, tcfg.retriever, tcfg.max_input_tokens,
+                          history_inputs)
 
 
 def train_tapper(
@@ -259,7 +267,6 @@ def train_tapper(
     examples = history_examples(builder_for(backbone, tcfg), target_split, cfg.max_history_pairs)
     train_prefixes(model, examples, cfg, run_dir)
     model.save_pretrained(run_dir)
-    shutil.rmtree(run_dir / "checkpoints" / "stage2", ignore_errors=True)
     return model
 
 

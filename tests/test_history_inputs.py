@@ -1,0 +1,53 @@
+"""Rewritten history inputs: cached, used by the stage-2 builder in place of the template."""
+
+from __future__ import annotations
+
+import tapper.history_inputs as hi
+from tapper.data.records import LampSplit, ProfileItem, Question
+from tapper.data.tasks import get_task
+from tapper.examples import ExampleBuilder
+
+TASK = get_task("LaMP_7")
+
+
+def split() -> LampSplit:
+    qs = []
+    for u in range(2):
+        profile = [ProfileItem(f"{u}_{j}", {"text": f"omg tweet {u} {j} lol"}, None, j) for j in range(4)]
+        qs.append(Question(id=str(u), input=TASK.history_input(profile[0]), profile=profile, user_id=str(u)))
+    return LampSplit("LaMP_7", qs, None)
+
+
+def test_rewrites_are_cached_and_replace_the_template(tiny_backbone, tmp_path, monkeypatch):
+    cache = tmp_path / "rewrites.json"
+    monkeypatch.setattr(hi, "generate_batch", lambda model, tok, prompts, *a, **k: [f"plain {i}" for i in
+                                                                                    range(len(prompts))])
+    inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, cache_path=cache)
+    assert set(inputs) == {"0_2", "0_3", "1_2", "1_3"}  # each user's latest two records
+    assert all(v.startswith("Paraphrase the following tweet") and "plain" in v for v in inputs.values())
+    assert cache.exists()
+
+    def no_generation(*a, **k):
+        raise AssertionError("cached rewrites must not be generated again")
+
+    monkeypatch.setattr(hi, "generate_batch", no_generation)
+    assert hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, cache_path=cache) == inputs
+
+    builder = ExampleBuilder(TASK, tiny_backbone, top_k=2, history_inputs=inputs)
+    exs = builder.from_history("0", split().questions[0].profile, max_pairs=2)
+    assert [e.query for e in exs] == [inputs["0_2"], inputs["0_3"]]
+    assert [e.answer for e in exs] == ["omg tweet 0 2 lol", "omg tweet 0 3 lol"]  # the user's own words
+
+
+def test_empty_rewrite_falls_back_to_the_original(tiny_backbone, monkeypatch):
+    monkeypatch.setattr(hi, "generate_batch", lambda model, tok, prompts, *a, **k: ["  "] * len(prompts))
+    inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=1)
+    assert inputs["0_3"].endswith("omg tweet 0 3 lol")
+
+
+def test_history_records_without_an_answer_are_counted(tiny_backbone):
+    lamp3 = get_task("LaMP_3")
+    items = [ProfileItem("a", {"text": "fine", "score": "4"}, 1.0, 0), ProfileItem("b", {"text": "meh"}, 2.0, 1)]
+    builder = ExampleBuilder(lamp3, tiny_backbone, top_k=1)
+    assert len(builder.from_history("u", items)) == 1
+    assert builder.skipped_history == 1
