@@ -274,6 +274,9 @@ def test_killed_training_resumes_from_last_checkpoint(backbone, tmp_path):
 
 def test_engine_paths_cold_start_and_no_history(backbone, tmp_path):
     model = make_model(backbone)
+    with torch.no_grad():  # a non-zero bridge, so that the engine's merged copy has something to merge
+        for p in model.shared_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
     model.save_pretrained(tmp_path / "run")
     engine = TapperEngine(TapperModel.from_pretrained(tmp_path / "run", backbone=spiky_backbone()))
     hist = make_history(1)
@@ -288,6 +291,10 @@ def test_engine_paths_cold_start_and_no_history(backbone, tmp_path):
     # cold start == explicitly passing the mean row
     explicit = engine.generate([GenerationRequest("x", "feels soft", hist, user_row=engine.default_row())], 3)
     assert explicit[0].raw == out[1].raw
+    # the engine merged the bridge into the weights; its text must be what the unmerged model says
+    ex = builder(model).for_query("user0", "feels soft", hist)
+    unmerged = model.generate([ex], user_rows=reqs[0].user_row[None], max_new_tokens=3)
+    assert out[0].raw and out[0].raw == unmerged[0]
 
 
 def test_int8_scoring_restores_the_float_table(backbone):
