@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tapper.backbone import load_backbone
+from tapper.baselines.floors import floors
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
-from tapper.data.sample import load_sample
+from tapper.data.sample import load_sample, stated_quality
 from tapper.experiment import (
     VariantResult,
     copy_backbone,
@@ -26,6 +27,7 @@ from tapper.experiment import (
     stage1,
 )
 from tapper.io_utils import atomic_write_text
+from tapper.metrics import evaluate
 from tapper.prefix.model import TapperModel
 from tapper.train import resolve_configs
 
@@ -51,6 +53,15 @@ def run_demo(model: str = "default", out_dir: str | Path = "runs/demo", device: 
                   f"{len(splits['test'].questions)} target users, backbone {model!r}")
     backbone = load_backbone(model, device=device)
     results: list[VariantResult] = []
+    target = splits["test"]
+    golds = {q.id: target.gold(q.id) for q in target.questions}
+    for name, preds in floors("LaMP_3", target).items():
+        results.append(VariantResult(name, evaluate("LaMP_3", golds, preds), 0, 0.0, 0.0, preds))
+    # The sample states each review's quality in its wording; scoring that alone is the best any model
+    # that ignores the user can do, so a method below it has learned something about the users.
+    text_only = {q.id: str(stated_quality(q.input)) for q in target.questions}
+    results.append(VariantResult("review text alone, exact (sample oracle)", evaluate("LaMP_3", golds, text_only),
+                                 0, 0.0, 0.0, text_only))
 
     base = TapperModel(copy_backbone(backbone), zero_shot_config(tcfg))
     m, preds, raw, secs = evaluate_model(base, splits["test"], desc="zero-shot")
