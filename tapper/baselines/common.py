@@ -38,6 +38,7 @@ class BaselineConfig:
     batch_size: int = 8
     seed: int = 0
     show_progress: bool = True
+    stage2_epochs: float = 1.0  # TAP-PER's stage-2 passes over the target histories: the same-budget reference
 
     @classmethod
     def for_task(cls: type[C], task: str, **overrides: Any) -> C:
@@ -48,7 +49,7 @@ class BaselineConfig:
         shared = {
             "task": tcfg.task, "max_input_tokens": tcfg.max_input_tokens,
             "max_answer_tokens": tcfg.max_answer_tokens, "max_history_pairs": cfg.max_history_pairs,
-            "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "seed": cfg.seed, "stage2_epochs": cfg.stage2_epochs,
         }
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)

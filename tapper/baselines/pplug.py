@@ -37,7 +37,7 @@ WEIGHTS_NAME = "pplug.safetensors"
 class PPlugConfig(BaselineConfig):
     max_records: int = 32  # the most recent records before the query are embedded
     lr: float = 1e-3
-    epochs: float = 1.0  # over all target users' history pairs, like TAP-PER's stage 2
+    epochs: float | None = None  # over all target users' history pairs; None: TAP-PER's stage-2 epochs
     init_temperature: float = 0.1
 
 
@@ -116,7 +116,9 @@ class PPlugBaseline:
         from tapper.train_loop import train
 
         examples = history_examples(self.builder, target, self.config.max_history_pairs)
-        train(self.plug, examples, self.loss, self.config.loop(self.config.lr, self.config.epochs), desc="PPlug")
+        cfg = self.config
+        epochs = cfg.stage2_epochs if cfg.epochs is None else cfg.epochs
+        train(self.plug, examples, self.loss, cfg.loop(cfg.lr, epochs), desc="PPlug")
 
     def question_examples(self, split: LampSplit) -> list[Example]:
         return [self.builder.for_question(q) for q in split.questions]
