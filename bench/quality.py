@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -40,6 +38,7 @@ from common import ROOT, SHARED_DATA, Result, Table
 
 from tapper.backbone import Backbone, load_backbone
 from tapper.baselines.common import make_baseline, run_baseline
+from tapper.baselines.floors import floors
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
 from tapper.data.builders import BUILDERS
 from tapper.data.lamp_io import read_split
@@ -59,7 +58,6 @@ from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
 from tapper.prefix.model import TapperModel
 from tapper.train import builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
 
-LAMP7_INSTRUCTION = "Paraphrase the following tweet without any explanation before or after it: "
 SOURCES = {
     "LaMP_3": ("amazon-lamp3", SHARED_DATA / "amazon2018" / "All_Beauty_5.json"),
     "LaMP_4": ("huffpost-lamp4", SHARED_DATA / "huffpost" / "News_Category_Dataset_v2.partial.json"),
@@ -109,32 +107,6 @@ def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int
     info = {"source": str(path), "builder": name, "users_in_dump": len(questions),
             f"users_with_min_profile_{min_profile}": len(eligible)}
     return _subset(targets, golds, task), _subset(others[:n_stage1], golds, task), _subset(others, golds, task), info
-
-
-# -- floors -------------------------------------------------------------------------------------------
-
-def floors(task: str, target: LampSplit, others: LampSplit) -> dict[str, dict[str, str]]:
-    """Naive predictions that need no model: what any method has to beat."""
-    out: dict[str, dict[str, str]] = {}
-    if task == "LaMP_7":
-        out["copy the input (floor)"] = {q.id: q.input.removeprefix(LAMP7_INSTRUCTION) for q in target.questions}
-    if task == "LaMP_3":
-        def mean_rating(q: Question) -> str:
-            scores = [float(p.get("score")) for p in q.profile if p.get("score") is not None]
-            return f"{statistics.mean(scores):.3f}" if scores else "5"
-
-        out["user's mean past rating (floor)"] = {q.id: mean_rating(q) for q in target.questions}
-        out["always 5 (floor)"] = {q.id: "5" for q in target.questions}
-    if task == "LaMP_2N":
-        majority = Counter(others.golds.values()).most_common(1)[0][0]
-        out[f"majority category, '{majority}' (floor)"] = {q.id: majority for q in target.questions}
-
-        def user_majority(q: Question) -> str:
-            seen = Counter(p.get("category") for p in q.profile if p.get("category"))
-            return seen.most_common(1)[0][0] if seen else majority
-
-        out["user's most frequent past category (floor)"] = {q.id: user_majority(q) for q in target.questions}
-    return out
 
 
 # -- running methods, each result kept on disk ------------------------------------------------------------

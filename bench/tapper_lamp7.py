@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from tapper.backbone import load_backbone
+from tapper.baselines.floors import floors
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
 from tapper.data.lamp_io import read_split
 from tapper.data.records import LampSplit
@@ -39,7 +40,6 @@ from tapper.train import resolve_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "lamp7"
-INSTRUCTION = "Paraphrase the following tweet without any explanation before or after it: "
 
 
 def pick_users(split: LampSplit, n_target: int, n_stage1: int, seed: int) -> tuple[LampSplit, LampSplit]:
@@ -72,8 +72,8 @@ def main() -> None:
     golds = {q.id: split.gold(q.id) for q in target.questions}
 
     results: list[VariantResult] = []
-    copy_preds = {q.id: q.input.removeprefix(INSTRUCTION) for q in target.questions}
-    results.append(VariantResult("copy the input (floor)", evaluate("LaMP_7", golds, copy_preds), 0, 0, 0, copy_preds))
+    for name, preds in floors("LaMP_7", target).items():
+        results.append(VariantResult(name, evaluate("LaMP_7", golds, preds), 0, 0, 0, preds))
     zero_shot = TapperModel(copy_backbone(backbone), zero_shot_config(tcfg))
     m, p, raw, s = evaluate_model(zero_shot, target, desc="zero-shot")
     results.append(VariantResult("zero-shot backbone", m, 0, 0, s, p, raw))

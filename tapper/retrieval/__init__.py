@@ -5,6 +5,8 @@ before the target (for a LaMP question: its whole profile; for history item i: i
 retriever ranks them against the target's text and the top k are kept.
 """
 
+# Registering the other retrievers is all these imports do; both load their models lazily.
+from tapper.retrieval import dense, rfmem  # noqa: F401
 from tapper.retrieval.base import Retriever, get_retriever, select_before
 from tapper.retrieval.bm25 import BM25Retriever
 
