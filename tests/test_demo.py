@@ -13,7 +13,7 @@ def test_demo_reports_floors_and_methods(tmp_path):
     names = [r.name for r in results]
     assert names[:3] == ["user's mean past rating (floor)", "always 5 (floor)",
                          "review text alone, exact (sample oracle)"]
-    assert names[-2:] == ["TAP-PER", "TAP-PER, int8 user table"]
+    assert names[-3:] == ["non-personalized, same budget", "TAP-PER", "TAP-PER, int8 user table"]
     by_name = {r.name: r.metrics["mae"] for r in results}
     assert by_name["review text alone, exact (sample oracle)"] > 0.5  # the users' offsets are real
     summary = json.loads((tmp_path / "demo_results.json").read_text())

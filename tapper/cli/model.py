@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, Opt()] = "cpu",
         set_: Annotated[list[str] | None, Opt("--set", help="train override key=value (repeatable)")] = None,
         users: Annotated[int, Opt(help="target users (of the sample's 32)")] = 16,
-        same_budget: Annotated[bool, Opt(help="also train the non-personalized LoRA for the same steps")] = False,
+        same_budget: Annotated[bool, Opt(help="also train the non-personalized LoRA for the same steps")] = True,
     ) -> None:
         """Train and compare TAP-PER vs non-personalized on the built-in sample (the README's first command)."""
         from tapper.demo import run_demo
