@@ -133,6 +133,7 @@ def train_task_lora(
         return merge_task_adapter(backbone, adapter_dir)
     for p in backbone.model.parameters():
         p.requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices are drawn from the global RNG: same seed, same adapter
     peft_model = add_lora(
         backbone.model, tcfg.task_lora_r, tcfg.task_lora_alpha, tcfg.task_lora_dropout, tcfg.lora_targets
     )

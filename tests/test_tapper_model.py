@@ -306,3 +306,17 @@ def test_int8_scoring_restores_the_float_table(backbone):
     assert set(res.predictions) == {f"q{u}" for u in range(4)}
     assert "mae" in res.metrics
     assert torch.equal(model.user_state.weight.detach(), before)
+
+
+def test_stage1_depends_on_the_seed_not_on_the_rng_state_it_starts_from(tmp_path):
+    from tapper.experiment import stage1
+
+    cfg = TrainConfig(stage1_epochs=0.5, batch_size=2, show_progress=False, checkpoint_every=0)
+    tcfg = TapperConfig(task="LaMP_3", backbone="tiny")
+    adapters = []
+    for i, noise_seed in enumerate((123, 456)):
+        torch.manual_seed(noise_seed)  # whatever ran before must not leak into the result
+        tuned = stage1(tiny_backbone(seed=0), make_split(), tcfg, cfg, tmp_path / f"run{i}")
+        adapters.append([p.detach().clone() for p in tuned.model.parameters()])
+    for a, b in zip(*adapters, strict=True):
+        assert torch.equal(a, b)
