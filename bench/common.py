@@ -87,6 +87,15 @@ class Result:
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
+    def write_and_print(self, out_dir: Path = RESULTS, plot: Callable[[Any], None] | None = None) -> None:
+        """Write the result files, then show on the console what they hold."""
+        for path in self.write(out_dir, plot):
+            print(f"wrote {path}")
+        for table in self.tables:
+            print(table.markdown() + "\n")
+        for note in self.notes:
+            print(f"- {note}")
+
     def write(self, out_dir: Path = RESULTS, plot: Callable[[Any], None] | None = None) -> list[Path]:
         from tapper.io_utils import atomic_write_text
 

@@ -154,11 +154,7 @@ def main() -> None:
         ax2.set_title("Footprint at 1,000 and 1,000,000 users")
         ax2.tick_params(axis="x", labelsize=6)
 
-    for path in result.write(args.out, plot):
-        print(f"wrote {path}")
-    print(result.tables[0].markdown())
-    for note in result.notes:
-        print(f"- {note}")
+    result.write_and_print(args.out, plot)
 
 
 if __name__ == "__main__":

@@ -292,11 +292,7 @@ def main() -> None:
         ax.set_xlabel(f"{primary} ({direction} is better), 95% bootstrap CI")
         ax.tick_params(axis="y", labelsize=7)
 
-    for path in result.write(args.out, plot):
-        print(f"wrote {path}")
-    print(result.tables[0].markdown())
-    for note in result.notes:
-        print(f"- {note}")
+    result.write_and_print(args.out, plot)
 
 
 def compare(results: list[VariantResult], task: str, primary: str, higher_better: bool, golds: dict[str, str],

@@ -270,12 +270,7 @@ def main() -> None:
         ax3.bar(["TAP-PER\nP_u fit", "OPPU\nLoRA"], [tap_on, oppu_on], color=["#2a7", "#c55"])
         ax3.set_title("onboarding one user (s)")
 
-    for path in result.write(args.out, plot):
-        print(f"wrote {path}")
-    for table in result.tables:
-        print(table.markdown() + "\n")
-    for note in result.notes:
-        print(f"- {note}")
+    result.write_and_print(args.out, plot)
 
 
 if __name__ == "__main__":
