@@ -1,6 +1,6 @@
 """Quality on real users: every method on one task, same backbone, same users, same metric, 95% intervals.
 
-    .venv/bin/python bench/quality.py --task LaMP_7 --users 100             # LaMP-7 dev (../shared/data/lamp7)
+    .venv/bin/python bench/quality.py --task LaMP_7 --users 100 --rewrite-history  # LaMP-7 dev
     .venv/bin/python bench/quality.py --task LaMP_3 --users 69              # Amazon Beauty -> LaMP-3
     .venv/bin/python bench/quality.py --task LaMP_4 --users 100             # HuffPost -> LaMP-4
     .venv/bin/python bench/quality.py --task LaMP_2N --users 96             # HuffPost -> LaMP-2N
@@ -21,6 +21,10 @@ default set) holds --onboard-users targets out of TAP-PER's stage 2, onboards th
 (everything shared frozen), and compares them with OPPU and TAP-PER on those same new users, with the
 training seconds each method spends per user. Every method's result is
 kept in --runs as it finishes, so a killed run picks up where it stopped (--fresh ignores them).
+--set key=value overrides the task's model or training config (tapper/configs/<task>.json) for every
+method: the peers take the same input and answer lengths, history pairs, epochs, batch size and seed.
+--rewrite-history (LaMP-7) replays each history tweet from a filtered backbone rewrite instead of from
+itself, for every method that trains on the target users' histories (see tapper.history_inputs).
 Writes results/quality_<task>.{json,md,png} with bootstrap 95% intervals (1,000 resamples, --seed).
 """
 
@@ -31,7 +35,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from common import ROOT, SHARED_DATA, Result, Table
@@ -53,10 +57,12 @@ from tapper.experiment import (
     score_with_int8_user_state,
     stage1,
 )
+from tapper.history_inputs import rewrite_history_inputs
 from tapper.io_utils import atomic_write_text
 from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
+from tapper.prefix.config import TapperConfig
 from tapper.prefix.model import TapperModel
-from tapper.train import builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
+from tapper.train import TrainConfig, builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
 
 SOURCES = {
     "LaMP_3": ("amazon-lamp3", SHARED_DATA / "amazon2018" / "All_Beauty_5.json"),
@@ -66,6 +72,8 @@ SOURCES = {
 CORE = ["floors", "zero-shot", "task-lora", "nonpersonal", "tapper", "rag", "pag", "oppu", "perpcs", "pplug",
         "onboard"]
 ONBOARDED = "TAP-PER, onboarded (P_u fit only)"
+COLD = "TAP-PER, new user without a fit (mean row + P_q)"
+NEW_USERS = (ONBOARDED, COLD)  # scored on the held-out users only: reported in the onboarding table
 ABLATIONS = {
     "no-pu": ("TAP-PER without P_u", {"use_user_state": False}),
     "no-pq": ("TAP-PER without P_q", {"use_query_prefix": False}),
@@ -148,6 +156,10 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=None, help="work dir (default runs/quality/<task>-...)")
     ap.add_argument("--fresh", action="store_true", help="ignore results kept from an earlier run")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="model or train config override (JSON value), for every method; repeatable")
+    ap.add_argument("--rewrite-history", action="store_true",
+                    help="LaMP-7: stage-2 pairs are (filtered backbone rewrite of a history tweet -> the tweet)")
     ap.add_argument("--onboard-users", type=int, default=10,
                     help="target users held out of stage 2 and onboarded later (at most half the targets)")
     args = ap.parse_args()
@@ -172,8 +184,21 @@ def main() -> None:
         target, others, pool, data_info = built_users(task, args.users, args.stage1_users, args.seed,
                                                       args.min_profile)
     golds = target.golds or {}
-    tcfg, cfg = resolve_configs(task, {"backbone": args.backbone}, {"seed": args.seed})
+    model_over, train_over = split_overrides(args.overrides)
+    tcfg, cfg = resolve_configs(task, {"backbone": args.backbone, **model_over}, {"seed": args.seed, **train_over})
+    # the peers' harness settings come from the same resolved configs, so --set reaches every method
+    shared = {"seed": cfg.seed, "max_history_pairs": cfg.max_history_pairs, "stage2_epochs": cfg.stage2_epochs,
+              "batch_size": cfg.batch_size, "max_input_tokens": tcfg.max_input_tokens,
+              "max_answer_tokens": tcfg.max_answer_tokens}
     backbone = load_backbone(args.backbone)
+    history_inputs = None
+    if args.rewrite_history:
+        history_inputs = rewrite_history_inputs(backbone, get_task(task), target, cfg.max_history_pairs,
+                                                runs / "history_rewrites.json")
+        data_info["rewritten_history_pairs"] = len(history_inputs)
+        if not history_inputs:
+            raise SystemExit(f"--rewrite-history: no rewrite by {backbone.name} passed the overlap filter "
+                             f"(see {runs / 'history_rewrites.json'}); nothing to train stage 2 on")
     results: list[VariantResult] = []
 
     if "floors" in wanted:
@@ -206,10 +231,11 @@ def main() -> None:
         results.append(runner.get("task-lora", task_lora))
     if "nonpersonal" in wanted:
         results.append(runner.get("nonpersonal", lambda: run_variant(
-            "non-personalized, same budget", get_tuned(), target, nonpersonal_config(tcfg), cfg, runs / "nonpersonal")))
+            "non-personalized, same budget", get_tuned(), target, nonpersonal_config(tcfg), cfg, runs / "nonpersonal",
+            history_inputs=history_inputs)))
     if "tapper" in wanted:
         results.append(runner.get("tapper", lambda: run_variant("TAP-PER", get_tuned(), target, tcfg, cfg,
-                                                                runs / "tapper")))
+                                                                runs / "tapper", history_inputs=history_inputs)))
 
         def int8_rows() -> VariantResult:
             model = runner.models.pop("tapper", None) or TapperModel.from_pretrained(
@@ -219,13 +245,13 @@ def main() -> None:
     for key, (name, switch) in ABLATIONS.items():
         if key in wanted:
             results.append(runner.get(key, lambda n=name, s=switch, k=key: run_variant(
-                n, get_tuned(), target, replace(tcfg, **s), cfg, runs / k)))
+                n, get_tuned(), target, replace(tcfg, **s), cfg, runs / k, history_inputs=history_inputs)))
 
     def baseline(method: str, own_copy: bool) -> Callable[[], VariantResult]:
         def run() -> VariantResult:
             t = get_tuned()
-            obj = make_baseline(method, copy_backbone(t) if own_copy else t, task, runs / method,
-                                {"seed": args.seed}, summarizer=backbone if method == "pag" else None)
+            obj = make_baseline(method, copy_backbone(t) if own_copy else t, task, runs / method, shared,
+                                summarizer=backbone if method == "pag" else None, history_inputs=history_inputs)
             began = time.perf_counter()
             if method == "perpcs":
                 obj.build_anchors(pool)  # the non-target users with the longest histories
@@ -242,15 +268,22 @@ def main() -> None:
         if method in wanted:
             results.append(runner.get(method, baseline(method, own_copy)))
     if "onboard" in wanted:
-        results.append(runner.get("onboard", lambda: onboard_held_out(get_tuned(), target, tcfg, cfg, runs / "onboard",
-                                                                      args.onboard_users)))
+        held_out: dict[str, VariantResult] = {}
+
+        def held_out_result(name: str) -> VariantResult:
+            if name not in held_out:  # one stage 2 on the known users gives both results
+                held_out.update(onboard_held_out(get_tuned(), target, tcfg, cfg, runs / "onboard",
+                                                 args.onboard_users, history_inputs))
+            return held_out[name]
+        results.append(runner.get("onboard", lambda: held_out_result(ONBOARDED)))
+        results.append(runner.get("onboard-cold", lambda: held_out_result(COLD)))
 
     # -- report ----------------------------------------------------------------------------------------
     metric_names = METRIC_NAMES[get_task(task).metric]
     primary, higher_better = primary_metric(task)
     rows, data_rows = [], []
     for r in results:
-        if r.name == ONBOARDED:
+        if r.name in NEW_USERS:
             continue
         ci = bootstrap_ci(task, golds, r.predictions, n=1000, seed=args.seed)
         cells = []
@@ -273,8 +306,8 @@ def main() -> None:
         "train_config": asdict(cfg), "results": data_rows, "runs": str(runs),
     })
     result.notes += compare(results, task, primary, higher_better, golds, args.seed)
-    onboarded = next((r for r in results if r.name == ONBOARDED), None)
-    if onboarded is not None:
+    onboarded = [r for r in results if r.name in NEW_USERS]
+    if onboarded:
         table, notes, rows_data = onboarding_table(results, onboarded, task, primary, higher_better, golds,
                                                    len(target.questions), args.seed)
         result.tables.append(table)
@@ -304,7 +337,7 @@ def compare(results: list[VariantResult], task: str, primary: str, higher_better
         return []
     notes = []
     for r in results:
-        if r is tap or "floor" in r.name or r.name == ONBOARDED:
+        if r is tap or "floor" in r.name or r.name in NEW_USERS:
             continue
         low, high = paired_difference_ci(task, primary, golds, tap.predictions, r.predictions, seed)
         diff = tap.metrics[primary] - r.metrics[primary]
@@ -318,10 +351,29 @@ def compare(results: list[VariantResult], task: str, primary: str, higher_better
     return notes
 
 
-def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Path, n_new: int) -> VariantResult:
-    """Stage 2 without n_new of the target users (at most half); those arrive later and are onboarded one
-    P_u row each (P_q, bridge and every other user frozen). Scored on the onboarded users only;
-    train_seconds is the onboarding time per user."""
+def split_overrides(pairs: list[str]) -> tuple[dict, dict]:
+    """KEY=VALUE strings (JSON values, else plain strings) -> (model overrides, train overrides)."""
+    model_keys = {f.name for f in fields(TapperConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    model, train = {}, {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in model_keys | train_keys:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(model_keys | train_keys)}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        (model if key in model_keys else train)[key] = value
+    return model, train
+
+
+def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Path, n_new: int,
+                     history_inputs: dict[str, str] | None = None) -> dict[str, VariantResult]:
+    """Stage 2 without n_new of the target users (at most half); those arrive later. Scored on them only,
+    twice: first as they arrive (no row: the mean row + P_q from their history, no training at all), then
+    after each is onboarded one P_u row (P_q, bridge and every other user frozen); train_seconds is the
+    onboarding time per user."""
     import torch
 
     users = sorted({q.user_id for q in target.questions})
@@ -331,24 +383,27 @@ def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Pat
     new = _subset([q for q in target.questions if q.user_id not in known_users], target.golds or {}, target.task)
     torch.manual_seed(cfg.seed)
     model = TapperModel(copy_backbone(tuned), tcfg, sorted(known_users))
-    builder = builder_for(model, tcfg)
+    builder = builder_for(model, tcfg, history_inputs)
     train_prefixes(model, history_examples(builder, known, cfg.max_history_pairs), cfg, run_dir)
+    m, p, raw, s = evaluate_model(model, new, desc="new users, no fit")
+    cold = VariantResult(COLD, m, model.row_size, 0.0, s, p, raw)
     began = time.perf_counter()
     for q in new.questions:
         onboard_user(model, q.user_id, q.profile, cfg, builder)
     per_user = (time.perf_counter() - began) / max(1, len(new.questions))
     m, p, raw, s = evaluate_model(model, new, desc="onboarded")
-    return VariantResult(ONBOARDED, m, model.row_size, per_user, s, p, raw)
+    return {COLD: cold, ONBOARDED: VariantResult(ONBOARDED, m, model.row_size, per_user, s, p, raw)}
 
 
-def onboarding_table(results: list[VariantResult], onboarded: VariantResult, task: str, primary: str,
+def onboarding_table(results: list[VariantResult], new_users: list[VariantResult], task: str, primary: str,
                      higher_better: bool, golds: dict[str, str], n_target: int, seed: int
                      ) -> tuple[Table, list[str], list[dict]]:
-    """The onboarded users scored by every method that answered them, with training seconds per user."""
-    ids = sorted(onboarded.predictions)
+    """The held-out users scored by every method that answered them, with training seconds per user."""
+    ids = sorted(new_users[0].predictions)
     sub = {i: golds[i] for i in ids}
     by_name = {r.name: r for r in results}
-    per_user_seconds = {ONBOARDED: (onboarded.train_seconds, "P_u fit, shared parts frozen")}
+    hows = {COLD: "no training: mean row + P_q from the history", ONBOARDED: "P_u fit, shared parts frozen"}
+    per_user_seconds = {r.name: (r.train_seconds, hows[r.name]) for r in new_users}
     if "OPPU" in by_name:
         per_user_seconds["OPPU"] = (by_name["OPPU"].train_seconds / n_target, "own LoRA")
     if "TAP-PER" in by_name:
@@ -367,15 +422,19 @@ def onboarding_table(results: list[VariantResult], onboarded: VariantResult, tas
                   "95% CI", "train s / user"], rows, align_left=2)
     notes = []
     if "OPPU" in per_user_seconds:
+        oppu_seconds = per_user_seconds["OPPU"][0]
         oppu_value = next(d[primary] for d in data if d["method"] == "OPPU")
-        on_value = data[0][primary]
-        at_least = on_value >= oppu_value if higher_better else on_value <= oppu_value
-        speed = per_user_seconds["OPPU"][0] / max(onboarded.train_seconds, 1e-9)
-        notes.append(f"Onboarding: a new user costs TAP-PER {onboarded.train_seconds:.1f} s and OPPU "
-                     f"{per_user_seconds['OPPU'][0]:.1f} s of training ({speed:.2f}x); {primary} on those users "
-                     f"{on_value:.4f} vs {oppu_value:.4f} ({'equal or better' if at_least else 'worse'}). "
-                     f"Target (>= 5x faster to equal or better quality): "
-                     f"{'met' if speed >= 5 and at_least else 'missed'}.")
+        for d in data:
+            if d["method"] not in NEW_USERS:
+                continue
+            seconds, value = d["train_seconds_per_user"], d[primary]
+            at_least = value >= oppu_value if higher_better else value <= oppu_value
+            speed = f"{oppu_seconds / seconds:.2f}x faster" if seconds > 0 else "no training step at all"
+            met = (seconds == 0 or oppu_seconds / seconds >= 5) and at_least
+            notes.append(f"Onboarding, {d['method']}: {seconds:.1f} s per new user vs OPPU's {oppu_seconds:.1f} s "
+                         f"({speed}); {primary} on those users {value:.4f} vs OPPU {oppu_value:.4f} "
+                         f"({'equal or better' if at_least else 'worse'}). Target (>= 5x faster to equal or "
+                         f"better quality): {'met' if met else 'missed'}.")
     return table, notes, data
 
 

@@ -39,14 +39,15 @@ class ExampleBuilder:
         history_inputs: Mapping[str, str] | None = None,
     ):
         """history_inputs maps a history record's id to the input its replayed query should show instead of
-        the task template (see tapper.history_inputs: for LaMP-7 the template would contain the answer)."""
+        the task template (see tapper.history_inputs: for LaMP-7 the template would contain the answer).
+        When given, only the records it names are replayed."""
         self.task = task
         self.backbone = backbone
         self.top_k = top_k
         self.retriever = get_retriever(retriever) if isinstance(retriever, str) else retriever
         self.max_input_tokens = max_input_tokens
         self.undated = UndatedCounter()
-        self.history_inputs = dict(history_inputs or {})
+        self.history_inputs = None if history_inputs is None else dict(history_inputs)
         self.skipped_history = 0  # records with nothing to learn from (e.g. an empty answer field)
 
     def for_query(
@@ -88,6 +89,8 @@ class ExampleBuilder:
         if self.task.history_input is None:
             raise ValueError(f"{self.task.name}: history records cannot be turned into (input, output) pairs")
         positions = range(len(history))
+        if self.history_inputs is not None:
+            positions = [i for i in positions if history[i].id in self.history_inputs]
         if max_pairs is not None:
             positions = positions[-max_pairs:]
         out = []
@@ -96,7 +99,7 @@ class ExampleBuilder:
             if pair is None:
                 self.skipped_history += 1
                 continue
-            query = self.history_inputs.get(history[i].id, pair[0])
+            query = pair[0] if self.history_inputs is None else self.history_inputs[history[i].id]
             out.append(self.for_query(
                 user_id, query, history, end=i, query_day=history[i].day, answer=pair[1],
                 example_id=f"{user_id}/{history[i].id}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import tapper.history_inputs as hi
 from tapper.data.records import LampSplit, ProfileItem, Question
 from tapper.data.tasks import get_task
@@ -20,11 +22,11 @@ def split() -> LampSplit:
 
 def test_rewrites_are_cached_and_replace_the_template(tiny_backbone, tmp_path, monkeypatch):
     cache = tmp_path / "rewrites.json"
-    monkeypatch.setattr(hi, "generate_batch", lambda model, tok, prompts, *a, **k: [f"plain {i}" for i in
-                                                                                    range(len(prompts))])
+    monkeypatch.setattr(hi, "generate_batch", lambda model, tok, prompts, *a, **k: ["tweet said plainly lol"] *
+                        len(prompts))
     inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, cache_path=cache)
     assert set(inputs) == {"0_2", "0_3", "1_2", "1_3"}  # each user's latest two records
-    assert all(v.startswith("Paraphrase the following tweet") and "plain" in v for v in inputs.values())
+    assert all(v.startswith("Paraphrase the following tweet") and "plainly" in v for v in inputs.values())
     assert cache.exists()
 
     def no_generation(*a, **k):
@@ -39,10 +41,19 @@ def test_rewrites_are_cached_and_replace_the_template(tiny_backbone, tmp_path, m
     assert [e.answer for e in exs] == ["omg tweet 0 2 lol", "omg tweet 0 3 lol"]  # the user's own words
 
 
-def test_empty_rewrite_falls_back_to_the_original(tiny_backbone, monkeypatch):
-    monkeypatch.setattr(hi, "generate_batch", lambda model, tok, prompts, *a, **k: ["  "] * len(prompts))
-    inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=1)
-    assert inputs["0_3"].endswith("omg tweet 0 3 lol")
+def test_failed_rewrites_are_rejected_and_older_records_replayed_instead(tiny_backbone, monkeypatch):
+    def rewrite(model, tok, prompts, *a, **k):
+        # record 3: a refusal; record 2: empty; record 1: a verbatim copy; record 0: a real rewrite
+        return ["I'm sorry for the confusion, but I can help." if " 3 lol" in p else "" if " 2 lol" in p
+                else re.search(r"omg tweet \d 1 lol", p).group(0) if " 1 lol" in p else "tweet zero said lol"
+                for p in prompts]
+
+    monkeypatch.setattr(hi, "generate_batch", rewrite)
+    inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, candidates=4)
+    assert set(inputs) == {"0_0", "1_0"}  # only the real rewrites pass the overlap filter
+    builder = ExampleBuilder(TASK, tiny_backbone, top_k=2, history_inputs=inputs)
+    exs = builder.from_history("0", split().questions[0].profile, max_pairs=2)
+    assert [e.answer for e in exs] == ["omg tweet 0 0 lol"]  # records without a kept rewrite are not replayed
 
 
 def test_history_records_without_an_answer_are_counted(tiny_backbone):
