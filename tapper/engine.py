@@ -42,9 +42,10 @@ class TapperEngine:
     """Serves one trained run. Thread-safe for concurrent generate and fit_user_row calls: serving never
     changes a shared weight, so the only per-call state is the row being fitted."""
 
-    def __init__(self, model: TapperModel, train_config: TrainConfig | None = None):
+    def __init__(self, model: TapperModel, train_config: TrainConfig | None = None, merge_bridge: bool = True):
+        """merge_bridge=False keeps the bridge LoRA as a separate adapter (only bench/speed.py wants that)."""
         self.model = model.eval()
-        if isinstance(model.lm, PeftModel):
+        if merge_bridge and isinstance(model.lm, PeftModel):
             # The bridge is shared by every user and never trained while serving: merged into the weights
             # it costs nothing per token (bench/speed.py: 1.01x the non-personalized latency, 1.12x unmerged).
             model.lm = model.lm.merge_and_unload()
