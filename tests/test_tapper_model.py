@@ -320,3 +320,18 @@ def test_stage1_depends_on_the_seed_not_on_the_rng_state_it_starts_from(tmp_path
         adapters.append([p.detach().clone() for p in tuned.model.parameters()])
     for a, b in zip(*adapters, strict=True):
         assert torch.equal(a, b)
+
+
+def test_without_user_state_a_row_without_records_is_never_all_zeros(backbone):
+    # An all-zero prefix row gives NaN gradients in SmolLM2; without P_u such a row reads P_q's learned
+    # "no history" vector (the projection's bias), and a row with records is unchanged.
+    model = make_model(backbone, use_user_state=False)
+    b = builder(model)
+    hist = make_history(0)
+    no_records = b.for_query("user0", "feels soft", hist, end=0)
+    with_records = b.for_query("user0", "feels soft", hist)
+    prefix, _ = model.build_prefix([no_records, with_records])
+    assert prefix[0].abs().sum() > 0
+    assert torch.allclose(prefix[0], model.query_prefix.proj.bias.view_as(prefix[0]))
+    alone, _ = model.build_prefix([with_records])
+    assert torch.allclose(prefix[1], alone[0])

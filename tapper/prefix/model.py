@@ -96,6 +96,13 @@ class TapperModel(nn.Module):
         if cfg.use_query_prefix:
             q_prefix, weights = self._query_prefix(examples)
             prefix = prefix + q_prefix
+            if not cfg.use_user_state:
+                # Without P_u, a row with no records would be all zeros, and exact-zero input vectors give NaN
+                # gradients in SmolLM2 (seen in the no-P_u ablation on LaMP-3). Such a row reads P_q's
+                # projection of an empty pool instead (its bias): a learned "no history" prefix.
+                empty = torch.tensor([not e.context.record_ids for e in examples], device=self.device)
+                no_history = self.query_prefix.proj.bias.view(1, length, self.hidden)
+                prefix = torch.where(empty[:, None, None], prefix + no_history, prefix)
         return prefix, weights
 
     def _query_prefix(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
