@@ -31,6 +31,7 @@ Writes results/quality_<task>.{json,md,png} with bootstrap 95% intervals (1,000 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -119,25 +120,41 @@ def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int
 
 # -- running methods, each result kept on disk ------------------------------------------------------------
 
+STAGE1_KEYS = ("backbone", "task_lora_r", "task_lora_alpha", "task_lora_dropout", "lora_targets", "max_input_tokens",
+               "max_answer_tokens", "seed", "batch_size", "stage1_lr", "stage1_epochs", "stage1_max_examples",
+               "stage1_history_pairs")
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 class Runner:
-    def __init__(self, runs: Path, fresh: bool):
+    """Runs each method once and keeps its result on disk, tagged with the settings that made it: a result
+    from other settings (another --set, another --rewrite-history) is run again, never reused."""
+
+    def __init__(self, runs: Path, fresh: bool, settings: str):
         self.runs = runs
         self.fresh = fresh
+        self.settings = settings
         self.models: dict[str, TapperModel | None] = {}
         runs.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str, make: Callable[[], VariantResult]) -> VariantResult:
         path = self.runs / f"result_{key}.json"
         if path.exists() and not self.fresh:
-            print(f"[{key}] reusing {path}", flush=True)
-            return VariantResult(**json.loads(path.read_text(encoding="utf-8")))
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if kept.pop("settings", None) == self.settings:
+                print(f"[{key}] reusing {path}", flush=True)
+                return VariantResult(**kept)
+            print(f"[{key}] {path} was made with other settings: running again", flush=True)
         print(f"[{key}] running", flush=True)
         began = time.perf_counter()
         result = make()
         self.models[key] = result.model
         result.model = None  # the result is kept as numbers; the trained model only as long as it is needed
         kept = {k: v for k, v in asdict(result).items() if k != "model"}
-        atomic_write_text(path, json.dumps(kept, ensure_ascii=False) + "\n")
+        atomic_write_text(path, json.dumps({**kept, "settings": self.settings}, ensure_ascii=False) + "\n")
         print(f"[{key}] {result.name}: {result.metrics} ({time.perf_counter() - began:.0f} s)", flush=True)
         return result
 
@@ -150,7 +167,8 @@ def main() -> None:
     ap.add_argument("--min-profile", type=int, default=3, help="built tasks: earlier items a target user needs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backbone", default="default")
-    ap.add_argument("--methods", default="all", help=f"comma-separated subset of {','.join(CORE)}")
+    ap.add_argument("--methods", default="all",
+                    help=f"comma-separated subset of {','.join(CORE)} (or single ablations: {','.join(ABLATIONS)})")
     ap.add_argument("--ablations", action="store_true", help="add TAP-PER's four ablations")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--runs", type=Path, default=None, help="work dir (default runs/quality/<task>-...)")
@@ -169,13 +187,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     task = get_task(args.task).name
     wanted = CORE if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-    unknown = sorted(set(wanted) - set(CORE))
+    unknown = sorted(set(wanted) - set(CORE) - set(ABLATIONS))
     if unknown:
-        ap.error(f"unknown method(s) {unknown}; known: {', '.join(CORE)}")
+        ap.error(f"unknown method(s) {unknown}; known: {', '.join(CORE + list(ABLATIONS))}")
     if args.ablations:
         wanted += list(ABLATIONS)
     runs = args.runs or ROOT / "runs" / "quality" / f"{task}-n{args.users}-s{args.seed}-{args.backbone}"
-    runner = Runner(runs, args.fresh)
     result = Result(f"quality_{task}", f"Quality on {task}: every method, same backbone and users", {})
 
     if task == "LaMP_7":
@@ -190,6 +207,11 @@ def main() -> None:
     shared = {"seed": cfg.seed, "max_history_pairs": cfg.max_history_pairs, "stage2_epochs": cfg.stage2_epochs,
               "batch_size": cfg.batch_size, "max_input_tokens": tcfg.max_input_tokens,
               "max_answer_tokens": tcfg.max_answer_tokens}
+    all_settings = {**asdict(tcfg), **asdict(cfg), "rewrite_history": args.rewrite_history,
+                    "stage1_users": args.stage1_users, "min_profile": args.min_profile}
+    all_settings.pop("show_progress")
+    runner = Runner(runs, args.fresh, fingerprint(all_settings))
+    stage1_dir = runs / f"stage1-{fingerprint({k: all_settings[k] for k in (*STAGE1_KEYS, 'stage1_users')})}"
     backbone = load_backbone(args.backbone)
     history_inputs = None
     if args.rewrite_history:
@@ -218,7 +240,7 @@ def main() -> None:
         nonlocal tuned, stage1_seconds
         if tuned is None:
             began = time.perf_counter()
-            tuned = stage1(copy_backbone(backbone), others, tcfg, cfg, runs / "stage1")  # merges in place
+            tuned = stage1(copy_backbone(backbone), others, tcfg, cfg, stage1_dir)  # merges in place
             stage1_seconds = time.perf_counter() - began
         return tuned
 
