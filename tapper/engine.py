@@ -47,7 +47,7 @@ class TapperEngine:
         self.model = model.eval()
         if merge_bridge and isinstance(model.lm, PeftModel):
             # The bridge is shared by every user and never trained while serving: merged into the weights
-            # it costs nothing per token (bench/speed.py: 1.01x the non-personalized latency, 1.12x unmerged).
+            # it costs nothing per token (bench/speed.py: 0.97x the non-personalized latency, 1.05x unmerged).
             model.lm = model.lm.merge_and_unload()
         for p in self.model.parameters():
             p.requires_grad_(False)
