@@ -36,7 +36,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from common import ROOT, SHARED_DATA, Result, Table
@@ -45,6 +45,7 @@ from tapper.backbone import Backbone, load_backbone
 from tapper.baselines.common import make_baseline, run_baseline
 from tapper.baselines.floors import floors
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
+from tapper.cli.model import parse_overrides, split_overrides
 from tapper.data.builders import BUILDERS
 from tapper.data.lamp_io import read_split
 from tapper.data.records import LampSplit, Question
@@ -61,9 +62,8 @@ from tapper.experiment import (
 from tapper.history_inputs import rewrite_history_inputs
 from tapper.io_utils import atomic_write_text
 from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
-from tapper.prefix.config import TapperConfig
 from tapper.prefix.model import TapperModel
-from tapper.train import TrainConfig, builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
+from tapper.train import builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
 
 SOURCES = {
     "LaMP_3": ("amazon-lamp3", SHARED_DATA / "amazon2018" / "All_Beauty_5.json"),
@@ -201,7 +201,7 @@ def main() -> None:
         target, others, pool, data_info = built_users(task, args.users, args.stage1_users, args.seed,
                                                       args.min_profile)
     golds = target.golds or {}
-    model_over, train_over = split_overrides(args.overrides)
+    model_over, train_over = split_overrides(parse_overrides(args.overrides))
     tcfg, cfg = resolve_configs(task, {"backbone": args.backbone, **model_over}, {"seed": args.seed, **train_over})
     # the peers' harness settings come from the same resolved configs, so --set reaches every method
     shared = {"seed": cfg.seed, "max_history_pairs": cfg.max_history_pairs, "stage2_epochs": cfg.stage2_epochs,
@@ -371,23 +371,6 @@ def compare(results: list[VariantResult], task: str, primary: str, higher_better
         notes.append(f"TAP-PER vs {r.name}: {primary} {tap.metrics[primary]:.4f} vs {r.metrics[primary]:.4f}, "
                      f"difference {diff:+.4f} [{low:+.4f}, {high:+.4f}]: {verdict}.")
     return notes
-
-
-def split_overrides(pairs: list[str]) -> tuple[dict, dict]:
-    """KEY=VALUE strings (JSON values, else plain strings) -> (model overrides, train overrides)."""
-    model_keys = {f.name for f in fields(TapperConfig)}
-    train_keys = {f.name for f in fields(TrainConfig)}
-    model, train = {}, {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or key not in model_keys | train_keys:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(model_keys | train_keys)}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        (model if key in model_keys else train)[key] = value
-    return model, train
 
 
 def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Path, n_new: int,

@@ -77,18 +77,15 @@ def rewrite_history_inputs(
     scorer = rouge_scorer.RougeScorer(["rouge1"])
     out: dict[str, str] = {}
     rejected = 0
+    def overlap(text: str, rewrite: str) -> float:
+        return scorer.score(text, rewrite)["rouge1"].fmeasure if rewrite else 0.0
+
     for records in wanted.values():
-        kept = []
-        for rid, key, text in records:
-            overlap = scorer.score(text, cache[key])["rouge1"].fmeasure if cache[key] else 0.0
-            if min_overlap <= overlap <= max_overlap:
-                kept.append(rid)
-                # The replayed query is the task's own instruction around the rewrite, like a real LaMP-7 input.
-                out[rid] = _as_task_input(task, cache[key])
-            else:
-                rejected += 1
-        for rid in kept[:-max_pairs] if max_pairs is not None and len(kept) > max_pairs else []:
-            del out[rid]
+        kept = [(rid, cache[key]) for rid, key, text in records
+                if min_overlap <= overlap(text, cache[key]) <= max_overlap]
+        rejected += len(records) - len(kept)
+        # The replayed query is the task's own instruction around the rewrite, like a real LaMP-7 input.
+        out.update((rid, _as_task_input(task, rewrite)) for rid, rewrite in kept[-max_pairs if max_pairs else 0:])
     log.warning("history rewrites: %d kept, %d rejected by the overlap filter [%.2f, %.2f]",
                 len(out), rejected, min_overlap, max_overlap)
     return out
