@@ -8,7 +8,8 @@
         --out /tmp/q --runs /tmp/q/runs                                     # smoke check (~2 min)
 
 Users. LaMP-7: the dev questions, shuffled with --seed; the first --users are the targets, the next
---stage1-users the "other users" of stage 1. LaMP-3/-4/-2N are built from the raw dumps with each user's
+--stage1-users the "other users" of stage 1; --val-users K scores instead the K users after those (same stage 1),
+so a setting can be chosen without looking at the targets. LaMP-3/-4/-2N are built from the raw dumps with each user's
 latest item as the query and everything earlier as the profile (the builders' "user" split, pooled);
 targets are --users users with at least --min-profile earlier items, sampled with --seed, and stage 1 uses
 the latest items of every other user (up to --stage1-users).
@@ -89,15 +90,26 @@ def _subset(questions: list[Question], golds: dict[str, str], task: str) -> Lamp
     return LampSplit(task, questions, {q.id: golds[q.id] for q in questions})
 
 
-def lamp7_users(n: int, n_stage1: int, seed: int) -> tuple[LampSplit, LampSplit, LampSplit, dict]:
-    """(targets, stage-1 users, every non-target user, data info)."""
+def lamp7_users(n: int, n_stage1: int, seed: int, n_val: int = 0
+                ) -> tuple[LampSplit, LampSplit, LampSplit, dict]:
+    """(targets, stage-1 users, every non-target user, data info). With n_val, the targets are instead the
+    n_val users after the stage-1 users: a validation set disjoint from both, for choosing settings without
+    looking at the test users, while stage 1 stays exactly the test run's."""
     folder = SHARED_DATA / "lamp7"
     split = read_split(folder / "dev_questions.json", folder / "dev_outputs.json", task="LaMP_7")
     qs = list(split.questions)
     random.Random(seed).shuffle(qs)
     info = {"source": str(folder / "dev_questions.json"), "pool": len(qs)}
-    return (_subset(qs[:n], split.golds, "LaMP_7"), _subset(qs[n:n + n_stage1], split.golds, "LaMP_7"),
-            _subset(qs[n:], split.golds, "LaMP_7"), info)
+    stage1_users = _subset(qs[n:n + n_stage1], split.golds, "LaMP_7")
+    if n_val:
+        if n + n_stage1 + n_val > len(qs):
+            raise SystemExit(f"--val-users {n_val}: only {len(qs) - n - n_stage1} users are left after the "
+                             f"{n} targets and {n_stage1} stage-1 users")
+        val = qs[n + n_stage1:n + n_stage1 + n_val]
+        info["validation_users"] = f"dev users {n + n_stage1}..{n + n_stage1 + n_val - 1} after shuffling"
+        return _subset(val, split.golds, "LaMP_7"), stage1_users, _subset(qs[n + n_stage1:], split.golds,
+                                                                         "LaMP_7"), info
+    return _subset(qs[:n], split.golds, "LaMP_7"), stage1_users, _subset(qs[n:], split.golds, "LaMP_7"), info
 
 
 def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int
@@ -125,15 +137,30 @@ STAGE1_KEYS = ("backbone", "task_lora_r", "task_lora_alpha", "task_lora_dropout"
                "stage1_history_pairs")
 
 
+# Settings that only the user table, or only a prefix, reads: a method without them keeps its result when
+# they change, so a sweep over user_lr or the prefix does not retrain the peers.
+USER_STATE_KEYS = ("user_lr", "onboard_steps", "onboard_lr", "init_std")
+PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens")
+WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
+
+
 def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def method_fingerprint(key: str, settings: dict) -> str:
+    ignored = (*USER_STATE_KEYS, *PREFIX_KEYS) if key in WITHOUT_PREFIX else USER_STATE_KEYS if key == "no-pu" else ()
+    settings = {k: v for k, v in settings.items() if k not in ignored}
+    return fingerprint(settings)
+
+
 class Runner:
     """Runs each method once and keeps its result on disk, tagged with the settings that made it: a result
-    from other settings (another --set, another --rewrite-history) is run again, never reused."""
+    from other settings (another --set, another --rewrite-history) is run again, never reused. A method's
+    tag covers only the settings it reads (see method_fingerprint); a result tagged with every setting of
+    this very run is reused too (and re-tagged)."""
 
-    def __init__(self, runs: Path, fresh: bool, settings: str):
+    def __init__(self, runs: Path, fresh: bool, settings: dict):
         self.runs = runs
         self.fresh = fresh
         self.settings = settings
@@ -142,10 +169,12 @@ class Runner:
 
     def get(self, key: str, make: Callable[[], VariantResult]) -> VariantResult:
         path = self.runs / f"result_{key}.json"
+        tag = method_fingerprint(key, self.settings)
         if path.exists() and not self.fresh:
             kept = json.loads(path.read_text(encoding="utf-8"))
-            if kept.pop("settings", None) == self.settings:
+            if kept.pop("settings", None) in (tag, fingerprint(self.settings)):
                 print(f"[{key}] reusing {path}", flush=True)
+                atomic_write_text(path, json.dumps({**kept, "settings": tag}, ensure_ascii=False) + "\n")
                 return VariantResult(**kept)
             print(f"[{key}] {path} was made with other settings: running again", flush=True)
         print(f"[{key}] running", flush=True)
@@ -154,7 +183,7 @@ class Runner:
         self.models[key] = result.model
         result.model = None  # the result is kept as numbers; the trained model only as long as it is needed
         kept = {k: v for k, v in asdict(result).items() if k != "model"}
-        atomic_write_text(path, json.dumps({**kept, "settings": self.settings}, ensure_ascii=False) + "\n")
+        atomic_write_text(path, json.dumps({**kept, "settings": tag}, ensure_ascii=False) + "\n")
         print(f"[{key}] {result.name}: {result.metrics} ({time.perf_counter() - began:.0f} s)", flush=True)
         return result
 
@@ -178,6 +207,9 @@ def main() -> None:
                     help="model or train config override (JSON value), for every method; repeatable")
     ap.add_argument("--rewrite-history", action="store_true",
                     help="LaMP-7: stage-2 pairs are (filtered backbone rewrite of a history tweet -> the tweet)")
+    ap.add_argument("--val-users", type=int, default=0,
+                    help="LaMP-7: score K validation users (after the stage-1 users) instead of the targets; "
+                         "same stage 1; results go to <runs>/val-<settings> and quality_<task>_val.*")
     ap.add_argument("--onboard-users", type=int, default=10,
                     help="target users held out of stage 2 and onboarded later (at most half the targets)")
     args = ap.parse_args()
@@ -196,7 +228,9 @@ def main() -> None:
     result = Result(f"quality_{task}", f"Quality on {task}: every method, same backbone and users", {})
 
     if task == "LaMP_7":
-        target, others, pool, data_info = lamp7_users(args.users, args.stage1_users, args.seed)
+        target, others, pool, data_info = lamp7_users(args.users, args.stage1_users, args.seed, args.val_users)
+    elif args.val_users:
+        ap.error("--val-users is only defined for LaMP_7 (the built tasks have no users to spare)")
     else:
         target, others, pool, data_info = built_users(task, args.users, args.stage1_users, args.seed,
                                                       args.min_profile)
@@ -210,17 +244,23 @@ def main() -> None:
     all_settings = {**asdict(tcfg), **asdict(cfg), "rewrite_history": args.rewrite_history,
                     "stage1_users": args.stage1_users, "min_profile": args.min_profile}
     all_settings.pop("show_progress")
-    runner = Runner(runs, args.fresh, fingerprint(all_settings))
     stage1_dir = runs / f"stage1-{fingerprint({k: all_settings[k] for k in (*STAGE1_KEYS, 'stage1_users')})}"
+    rewrites_cache = runs / "history_rewrites.json"  # keyed by (backbone, text): one cache for every user set
+    if args.val_users:
+        all_settings["val_users"] = args.val_users
+        runs = runs / f"val{args.val_users}-{fingerprint(all_settings)}"  # one dir per setting of a sweep
+        result.name += "_val"
+        result.title = f"Quality on {task}, {args.val_users} validation users (not the targets): settings chosen here"
+    runner = Runner(runs, args.fresh, all_settings)
     backbone = load_backbone(args.backbone)
     history_inputs = None
     if args.rewrite_history:
         history_inputs = rewrite_history_inputs(backbone, get_task(task), target, cfg.max_history_pairs,
-                                                runs / "history_rewrites.json")
+                                                rewrites_cache)
         data_info["rewritten_history_pairs"] = len(history_inputs)
         if not history_inputs:
             raise SystemExit(f"--rewrite-history: no rewrite by {backbone.name} passed the overlap filter "
-                             f"(see {runs / 'history_rewrites.json'}); nothing to train stage 2 on")
+                             f"(see {rewrites_cache}); nothing to train stage 2 on")
     results: list[VariantResult] = []
 
     if "floors" in wanted:
@@ -320,7 +360,8 @@ def main() -> None:
         columns += [name, "95% CI"]
     columns += ["per-user params", "train s", "predict s"]
     direction = "higher" if higher_better else "lower"
-    result.tables.append(Table(f"{task}: {len(target.questions)} target users, {len(others.questions)} stage-1 "
+    who = "validation" if args.val_users else "target"
+    result.tables.append(Table(f"{task}: {len(target.questions)} {who} users, {len(others.questions)} stage-1 "
                                f"users, backbone {backbone.name} ({direction} {primary} is better)", columns, rows))
     result.data.update({
         "task": task, "seed": args.seed, "backbone": backbone.name, "target_users": len(target.questions),

@@ -10,6 +10,7 @@ without rewriting the shared weights:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -122,15 +123,37 @@ def history_examples(builder: ExampleBuilder, split: LampSplit, max_pairs: int |
 
 # -- stage 1: task LoRA -----------------------------------------------------------------------------
 
+STAGE1_STAMP = "tapper_stage1.json"  # beside the adapter: what it was trained from
+STAGE1_MODEL_KEYS = ("task_lora_r", "task_lora_alpha", "task_lora_dropout", "lora_targets", "max_answer_tokens")
+STAGE1_TRAIN_KEYS = ("seed", "batch_size", "stage1_lr", "stage1_epochs")
+
+
+def stage1_fingerprint(backbone: Backbone, examples: list[Example], tcfg: TapperConfig, cfg: TrainConfig) -> str:
+    """Hash of everything a task adapter depends on: backbone, settings and the exact training pairs."""
+    h = hashlib.sha256(backbone.name.encode())
+    h.update(json.dumps({k: getattr(tcfg, k) for k in STAGE1_MODEL_KEYS}, sort_keys=True).encode())
+    h.update(json.dumps({k: getattr(cfg, k) for k in STAGE1_TRAIN_KEYS}, sort_keys=True).encode())
+    for e in examples:
+        h.update(f"\x00{e.prompt}\x01{e.answer}".encode())
+    return h.hexdigest()[:16]
+
+
 def train_task_lora(
     backbone: Backbone, examples: list[Example], tcfg: TapperConfig, cfg: TrainConfig, run_dir: Path
 ) -> Backbone:
     """Train the task LoRA on other users' pairs, save it, and return the backbone with it merged in.
-    A run that already holds a task adapter reuses it (a resumed run does not redo stage 1)."""
+    A run that already holds a task adapter made from the same examples and settings reuses it (a resumed
+    run does not redo stage 1); an adapter made from anything else is trained again and replaced."""
     adapter_dir = run_dir / TASK_ADAPTER_DIR
+    made_from = stage1_fingerprint(backbone, examples, tcfg, cfg)
     if adapter_dir.exists():
-        log.info("stage 1: reusing %s", adapter_dir)
-        return merge_task_adapter(backbone, adapter_dir)
+        stamp = adapter_dir / STAGE1_STAMP
+        kept = json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") if stamp.exists() else None
+        if kept == made_from:
+            log.info("stage 1: reusing %s", adapter_dir)
+            return merge_task_adapter(backbone, adapter_dir)
+        log.warning("stage 1: %s was made from other examples or settings (%s): training again",
+                    adapter_dir, "no stamp" if kept is None else kept)
     for p in backbone.model.parameters():
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are drawn from the global RNG: same seed, same adapter
@@ -146,7 +169,11 @@ def train_task_lora(
     result = train(peft_model, examples, loss_fn, _loop(cfg, cfg.stage1_lr, cfg.stage1_epochs),
                    checkpoint_dir=run_dir / "checkpoints" / "stage1", desc="stage 1 (task LoRA)")
     log.info("stage 1: %d steps, loss %.3f, %.0f tok/s", result.steps, result.final_loss, result.tokens_per_second)
-    atomic_replace_dir(adapter_dir, lambda tmp: peft_model.save_pretrained(str(tmp)))
+    def save(tmp: Path) -> None:
+        peft_model.save_pretrained(str(tmp))
+        (tmp / STAGE1_STAMP).write_text(json.dumps({"fingerprint": made_from, "examples": len(examples)}) + "\n")
+
+    atomic_replace_dir(adapter_dir, save)
     shutil.rmtree(run_dir / "checkpoints" / "stage1", ignore_errors=True)
     merged = peft_model.merge_and_unload()
     merged.eval()
@@ -168,6 +195,8 @@ def train_prefixes(model: TapperModel, examples: list[Example], cfg: TrainConfig
         model.user_state.weight.requires_grad_(False)
     if model.config.use_query_prefix:
         params += list(model.query_prefix.parameters())
+    if model.prefix_anchor is not None:
+        params.append(model.prefix_anchor)
     params += [p for n, p in model.lm.named_parameters() if "lora_" in n]
     checkpoints = run_dir / "checkpoints" / "stage2"
     result = train(model, examples, model.loss, _loop(cfg, cfg.stage2_lr, cfg.stage2_epochs), params=params,

@@ -212,3 +212,22 @@ def test_cli_runs_a_baseline_end_to_end(sample, tmp_path):
 def test_make_baseline_rejects_unknown_names(tiny_backbone, tmp_path: Path):
     with pytest.raises(KeyError, match="known: rag"):
         make_baseline("lora-soup", tiny_backbone, TASK, tmp_path)
+
+
+def test_floors_for_each_task_answer_every_question_from_the_question_alone():
+    from tapper.baselines.floors import floors
+    from tapper.data.records import LampSplit, ProfileItem, Question
+
+    article = "Generate a headline for the following article: " + " ".join(f"w{i}" for i in range(30))
+    lamp4 = LampSplit("LaMP_4", [Question("q1", article, [], user_id="u")], {"q1": "gold"})
+    (name, preds), = floors("LaMP_4", lamp4).items()
+    assert "floor" in name and preds == {"q1": " ".join(f"w{i}" for i in range(12))}
+
+    history = [ProfileItem("p1", {"text": "a", "category": "food"}, None, 0),
+               ProfileItem("p2", {"text": "b", "category": "food"}, None, 1)]
+    target = LampSplit("LaMP_2N", [Question("q", "x", history, user_id="u"), Question("r", "y", [], user_id="v")],
+                       {"q": "sports", "r": "sports"})
+    others = LampSplit("LaMP_2N", [], {"o1": "politics", "o2": "politics", "o3": "food"})
+    got = floors("LaMP_2N", target, others)
+    assert got["majority category, 'politics' (floor)"] == {"q": "politics", "r": "politics"}
+    assert got["user's most frequent past category (floor)"] == {"q": "food", "r": "politics"}

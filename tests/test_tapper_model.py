@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -190,8 +192,9 @@ def test_mixed_user_batch_matches_each_user_alone(backbone):
     assert len(set(together)) > 1  # users really differ
 
 
-def test_save_load_round_trip_is_exact(backbone, tmp_path):
-    model = make_model(backbone)
+@pytest.mark.parametrize("anchor_text", [None, "the user writes"])
+def test_save_load_round_trip_is_exact(backbone, tmp_path, anchor_text):
+    model = make_model(backbone, anchor_text=anchor_text)
     with torch.no_grad():
         for p in model.shared_parameters():
             p.add_(torch.randn_like(p) * 0.01)  # make the bridge non-trivial (LoRA B starts at zero)
@@ -227,8 +230,9 @@ def test_user_table_grows_without_touching_rows_and_int8_is_close(tmp_path):
     assert torch.allclose(table.rows(["zzz"])[0], table.weight.detach().mean(0))
 
 
-def test_onboarding_changes_only_that_users_row(backbone):
-    model = make_model(backbone)
+@pytest.mark.parametrize("anchor_text", [None, "the user writes"])
+def test_onboarding_changes_only_that_users_row(backbone, anchor_text):
+    model = make_model(backbone, anchor_text=anchor_text)
     shared_before = {n: p.detach().clone() for n, p in model.named_parameters()}
     b = builder(model)
     exs = b.from_history("newbie", make_history(7))
@@ -335,3 +339,54 @@ def test_without_user_state_a_row_without_records_is_never_all_zeros(backbone):
     assert torch.allclose(prefix[0], model.query_prefix.proj.bias.view_as(prefix[0]))
     alone, _ = model.build_prefix([with_records])
     assert torch.allclose(prefix[1], alone[0])
+
+
+def test_anchor_starts_as_token_embeddings_and_is_trained_in_stage2(backbone, tmp_path):
+    model = make_model(backbone, anchor_text="hi")
+    ids = backbone.tokenizer("hi", add_special_tokens=False)["input_ids"]
+    emb = backbone.model.get_input_embeddings().weight
+    expected = emb[[ids[i % len(ids)] for i in range(model.config.prefix_len)]]
+    assert torch.equal(model.prefix_anchor.detach(), expected.detach())
+    # a user the table does not know, with no history: the prefix is the anchor plus the mean row
+    ex = builder(model).for_question(Question("q", "Rate: good", [], user_id="stranger"))
+    prefix, _ = model.build_prefix([ex])
+    mean = model.user_state.mean_row().view(model.config.prefix_len, -1)
+    torch.testing.assert_close(prefix[0], expected + mean)
+    before = model.prefix_anchor.detach().clone()
+    cfg = TrainConfig(stage2_epochs=1, batch_size=4, show_progress=False)
+    train_prefixes(model.train(), history_examples(builder(model), make_split(), 4), cfg, tmp_path)
+    assert not torch.equal(model.prefix_anchor.detach(), before)
+
+
+def test_a_saved_run_and_its_config_must_agree_on_the_anchor(backbone, tmp_path):
+    import json
+
+    make_model(backbone, anchor_text="hi").save_pretrained(tmp_path / "run")
+    path = tmp_path / "run" / "tapper_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "anchor_text": None}))
+    with pytest.raises(ValueError, match="prefix_anchor"):
+        TapperModel.from_pretrained(tmp_path / "run", backbone=spiky_backbone())
+
+
+def test_stage1_reuses_its_adapter_only_for_the_same_examples_and_settings(tmp_path):
+    from tapper.experiment import stage1
+    from tapper.train import STAGE1_STAMP
+
+    cfg = TrainConfig(stage1_epochs=0.5, batch_size=2, show_progress=False, checkpoint_every=0)
+    tcfg = TapperConfig(task="LaMP_3", backbone="tiny")
+    stamp = tmp_path / "run" / "task_adapter" / STAGE1_STAMP
+
+    def weights(tuned) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in tuned.model.parameters()]
+
+    first = weights(stage1(tiny_backbone(seed=0), make_split(), tcfg, cfg, tmp_path / "run"))
+    made = stamp.read_text()
+    again = weights(stage1(tiny_backbone(seed=0), make_split(), tcfg, cfg, tmp_path / "run"))
+    assert stamp.read_text() == made and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    # another learning rate (or other pairs) must not silently pick up the adapter trained before
+    other = weights(stage1(tiny_backbone(seed=0), make_split(), tcfg, replace(cfg, stage1_lr=1e-2), tmp_path / "run"))
+    assert stamp.read_text() != made
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    fewer = make_split(3)
+    stage1(tiny_backbone(seed=0), fewer, tcfg, cfg, tmp_path / "run")
+    assert json.loads(stamp.read_text())["examples"] < json.loads(made)["examples"]

@@ -8,6 +8,13 @@ from collections import Counter
 from tapper.data.records import LampSplit, Question
 
 LAMP7_INSTRUCTION = "Paraphrase the following tweet without any explanation before or after it: "
+LAMP4_INSTRUCTION = "Generate a headline for the following article: "
+LEAD_WORDS = 12  # about a HuffPost headline's length
+
+
+def lead_words(text: str, n: int = LEAD_WORDS) -> str:
+    """The summarisation "lead" floor: the article's first n words as its headline."""
+    return " ".join(text.split()[:n])
 
 
 def mean_past_rating(q: Question) -> str:
@@ -20,6 +27,9 @@ def floors(task: str, target: LampSplit, others: LampSplit | None = None) -> dic
     out: dict[str, dict[str, str]] = {}
     if task == "LaMP_7":
         out["copy the input (floor)"] = {q.id: q.input.removeprefix(LAMP7_INSTRUCTION) for q in target.questions}
+    if task == "LaMP_4":
+        out[f"first {LEAD_WORDS} words of the article (floor)"] = {
+            q.id: lead_words(q.input.removeprefix(LAMP4_INSTRUCTION)) for q in target.questions}
     if task == "LaMP_3":
         out["user's mean past rating (floor)"] = {q.id: mean_past_rating(q) for q in target.questions}
         out["always 5 (floor)"] = {q.id: "5" for q in target.questions}

@@ -30,6 +30,10 @@ class TapperConfig:
     task_lora_dropout: float = 0.05
     lora_targets: list[str] | None = None  # None: the backbone's attention projections
     init_std: float = 0.02  # P_u rows start at N(0, init_std)
+    # When set, every prefix is P = A + P_u + P_q, where A (L, d) is shared, trained in stage 2, and starts
+    # as the embeddings of this text's tokens: a prefix that begins as real words is read by the frozen LM
+    # from step one, where P_u + P_q alone begin as small random vectors that the bridge must learn to read.
+    anchor_text: str | None = None
     max_record_tokens: int = 48  # tokens of a record that its embedding mean sees
     max_input_tokens: int = 192  # the query text is cut to this before the prompt template
     max_answer_tokens: int = 48

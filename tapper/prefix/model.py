@@ -26,6 +26,7 @@ QUERY_PREFIX_NAME = "query_prefix.safetensors"
 TASK_ADAPTER_DIR = "task_adapter"
 BRIDGE_DIR = "bridge"
 USER_STATE_DIR = "user_state"
+ANCHOR_KEY = "prefix_anchor"  # stored with P_q's weights: both are shared, trained in stage 2
 
 
 class TapperModel(nn.Module):
@@ -46,6 +47,9 @@ class TapperModel(nn.Module):
         self.hidden = hidden
         self.user_state = UserStateTable(config.prefix_len * hidden, user_ids or [], config.init_std)
         self.query_prefix = QueryPrefix(hidden, config.prefix_len, config.use_time_decay, config.use_order_decay)
+        self.prefix_anchor = None
+        if config.anchor_text and (config.use_user_state or config.use_query_prefix):
+            self.prefix_anchor = nn.Parameter(anchor_embeddings(backbone, config.anchor_text, config.prefix_len))
         self.to(backbone.device)
 
     # -- the pieces -------------------------------------------------------------------------------
@@ -89,6 +93,8 @@ class TapperModel(nn.Module):
         if not (cfg.use_user_state or cfg.use_query_prefix):
             return None, None
         prefix = torch.zeros(b, length, self.hidden, device=self.device)
+        if self.prefix_anchor is not None:
+            prefix = prefix + self.prefix_anchor
         if cfg.use_user_state:
             rows = user_rows if user_rows is not None else self.user_state.rows([e.user_id for e in examples])
             prefix = prefix + rows.to(self.device).view(b, length, self.hidden)
@@ -159,6 +165,8 @@ class TapperModel(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         """What stage 2 trains besides the user table: P_q and the bridge."""
         params = list(self.query_prefix.parameters())
+        if self.prefix_anchor is not None:
+            params.append(self.prefix_anchor)
         params += [p for n, p in self.lm.named_parameters() if "lora_" in n]
         return params
 
@@ -169,6 +177,8 @@ class TapperModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / CONFIG_NAME)
         state = {k: v.detach().cpu().contiguous() for k, v in self.query_prefix.state_dict().items()}
+        if self.prefix_anchor is not None:
+            state[ANCHOR_KEY] = self.prefix_anchor.detach().cpu().contiguous()
         atomic_write_with(directory / QUERY_PREFIX_NAME, lambda p: save_file(state, str(p)))
         if isinstance(self.lm, PeftModel):
             atomic_replace_dir(directory / BRIDGE_DIR, lambda tmp: self.lm.save_pretrained(str(tmp)))
@@ -193,10 +203,29 @@ class TapperModel(nn.Module):
             model.lm = PeftModel.from_pretrained(backbone.model, str(bridge_dir), is_trainable=True)
             for n, p in model.lm.named_parameters():
                 p.requires_grad_("lora_" in n)
-        model.query_prefix.load_state_dict(load_file(str(directory / QUERY_PREFIX_NAME)))
+        state = load_file(str(directory / QUERY_PREFIX_NAME))
+        anchor = state.pop(ANCHOR_KEY, None)
+        if (anchor is None) != (model.prefix_anchor is None):
+            raise ValueError(f"{directory / QUERY_PREFIX_NAME}: anchor_text in {CONFIG_NAME} is "
+                             f"{config.anchor_text!r} but the file {'lacks' if anchor is None else 'has'} "
+                             f"the '{ANCHOR_KEY}' tensor")
+        if anchor is not None:
+            model.prefix_anchor.data.copy_(anchor)
+        model.query_prefix.load_state_dict(state)
         if (directory / USER_STATE_DIR).exists():
             model.user_state = UserStateTable.from_pretrained(directory / USER_STATE_DIR)
         return model.to(backbone.device)
+
+
+def anchor_embeddings(backbone: Backbone, text: str, length: int) -> torch.Tensor:
+    """(L, d) input embeddings of text's first L tokens, cycled when the text is shorter than L."""
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"anchor_text {text!r} has no tokens")
+    ids = [ids[i % len(ids)] for i in range(length)]
+    emb = backbone.model.get_input_embeddings()
+    with torch.no_grad():
+        return emb(torch.tensor(ids, device=emb.weight.device)).detach().clone().float()
 
 
 def merge_task_adapter(backbone: Backbone, adapter_dir: Path) -> Backbone:
