@@ -3,8 +3,11 @@ loss and tokens/s, and atomic checkpoints that a killed run resumes from."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +21,7 @@ from tqdm.auto import tqdm
 
 from tapper.io_utils import atomic_write_text, atomic_write_with
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 LossFn = Callable[[list[T]], tuple[torch.Tensor, int]]  # batch -> (mean loss, tokens it covered)
 
@@ -84,15 +88,29 @@ def _trainable(module: nn.Module, params: Sequence[nn.Parameter] | None) -> dict
     }
 
 
+def run_fingerprint(module: nn.Module, named: dict[str, nn.Parameter], examples: Sequence, cfg: LoopConfig) -> str:
+    """What a checkpoint belongs to: the loop settings, the examples, and every weight as training starts
+    (per-tensor sums: cheap, and enough to tell another stage-1 adapter or another initialisation apart)."""
+    h = hashlib.sha256()
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("show_progress", "checkpoint_every")}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for e in examples:
+        h.update(repr(e).encode())
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            h.update(f"{n}{tuple(p.shape)}{n in named}{float(p.detach().double().sum()):.10e}".encode())
+    return h.hexdigest()[:16]
+
+
 def _save_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch.optim.Optimizer, schedule,
-                     step: int, losses: list[float], tokens: int) -> None:
+                     step: int, losses: list[float], tokens: int, fingerprint: str) -> None:
     tensors = {n: p.detach().cpu().contiguous() for n, p in named.items()}
     atomic_write_with(directory / CKPT_PARAMS, lambda p: save_file(tensors, str(p)))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     atomic_write_with(directory / CKPT_OPTIM, lambda p: torch.save(
         {"optimizer": opt.state_dict(), "schedule": schedule.state_dict(), "rng": rng}, p))
     # The state file goes last: it names a step only once everything for that step is on disk.
-    state = {"step": step, "losses": losses, "tokens": tokens}
+    state = {"step": step, "losses": losses, "tokens": tokens, "fingerprint": fingerprint}
     atomic_write_text(directory / CKPT_STATE, json.dumps(state) + "\n")
 
 
@@ -147,10 +165,18 @@ def train(
     batches = batch_order(len(examples), steps, cfg)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    fingerprint = run_fingerprint(module, named, examples, cfg) if ckpt else ""
     start, losses, tokens = 0, [], 0
     if ckpt and (ckpt / CKPT_STATE).exists():
-        state = _load_checkpoint(ckpt, named, opt, schedule)
-        start, losses, tokens = state["step"], state["losses"], state["tokens"]
+        kept = json.loads((ckpt / CKPT_STATE).read_text()).get("fingerprint")
+        if kept == fingerprint:
+            state = _load_checkpoint(ckpt, named, opt, schedule)
+            start, losses, tokens = state["step"], state["losses"], state["tokens"]
+        else:
+            # Another run's checkpoint (other examples, settings or starting weights, e.g. a new stage 1):
+            # resuming from it would silently mix two trainings.
+            log.warning("%s: %s belongs to another run (%s): starting afresh", desc, ckpt, kept or "no fingerprint")
+            shutil.rmtree(ckpt)
     resumed_from = start
 
     module.train()
@@ -175,7 +201,7 @@ def train(
         if on_step:
             on_step(step + 1, steps, losses[-1])
         if ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-            _save_checkpoint(ckpt, named, opt, schedule, step + 1, losses, tokens)
+            _save_checkpoint(ckpt, named, opt, schedule, step + 1, losses, tokens, fingerprint)
     bar.close()
     module.eval()
     seconds = time.perf_counter() - began

@@ -276,6 +276,38 @@ def test_killed_training_resumes_from_last_checkpoint(backbone, tmp_path):
         assert torch.allclose(p, q, atol=1e-6), n
 
 
+def test_a_checkpoint_from_another_run_is_not_resumed(tmp_path):
+    """A killed run, then a new stage 1 (other frozen weights) in the same directory: stage 2 starts afresh."""
+    split = make_split()
+    cfg = TrainConfig(stage2_epochs=3, batch_size=4, checkpoint_every=2, show_progress=False, max_history_pairs=4)
+
+    def run(run_dir, backbone_seed, crash_at=None):
+        model = make_model(spiky_backbone())
+        with torch.no_grad():  # stands in for another task adapter merged into the backbone
+            model.hf_model.lm_head.weight.add_(0.01 * backbone_seed)
+        exs = history_examples(builder(model), split, cfg.max_history_pairs)
+        if crash_at is not None:
+            real, calls = model.loss, {"n": 0}
+
+            def crashing(batch, user_rows=None):
+                calls["n"] += 1
+                if calls["n"] > crash_at:
+                    raise KeyboardInterrupt("simulated kill")
+                return real(batch, user_rows)
+
+            model.loss = crashing
+        return model, train_prefixes(model, exs, cfg, run_dir)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", backbone_seed=1, crash_at=3)
+    assert (tmp_path / "run" / "checkpoints" / "stage2" / "trainer_state.json").exists()
+    fresh, _ = run(tmp_path / "fresh", backbone_seed=0)
+    again, result = run(tmp_path / "run", backbone_seed=0)
+    assert result.resumed_from == 0
+    for (n, p), (_, q) in zip(fresh.named_parameters(), again.named_parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), n
+
+
 def test_engine_paths_cold_start_and_no_history(backbone, tmp_path):
     model = make_model(backbone)
     with torch.no_grad():  # a non-zero bridge, so that the engine's merged copy has something to merge
