@@ -200,7 +200,8 @@ def train_prefixes(model: TapperModel, examples: list[Example], cfg: TrainConfig
     params += [p for n, p in model.lm.named_parameters() if "lora_" in n]
     checkpoints = run_dir / "checkpoints" / "stage2"
     result = train(model, examples, model.loss, _loop(cfg, cfg.stage2_lr, cfg.stage2_epochs), params=params,
-                   param_lrs=lrs, checkpoint_dir=checkpoints, desc="stage 2 (prefixes)")
+                   param_lrs=lrs, row_sparse=[model.user_state.weight], checkpoint_dir=checkpoints,
+                   desc="stage 2 (prefixes)")
     # A finished stage leaves no checkpoint behind: a later run in this directory must start fresh.
     shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("stage 2: %d steps, loss %.3f, %.0f tok/s", result.steps, result.final_loss, result.tokens_per_second)

@@ -139,24 +139,30 @@ def train(
     *,
     params: Sequence[nn.Parameter] | None = None,
     param_lrs: dict[int, float] | None = None,
+    row_sparse: Sequence[nn.Parameter] = (),
     checkpoint_dir: str | Path | None = None,
     desc: str = "train",
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> LoopResult:
     """Optimise `params` (default: every trainable parameter of `module`) on `examples`.
 
-    param_lrs maps id(param) -> its own learning rate (e.g. the user table learns faster than LoRA)."""
+    param_lrs maps id(param) -> its own learning rate (e.g. the user table learns faster than LoRA).
+    row_sparse: tables whose rows each belong to one user and get gradient only when that user is in the
+    batch. They run without Adam's momentum (beta1 = 0): with it, a row would keep moving for ~10 steps after
+    its user's batch, by its stale momentum, so every update counted about ten times over."""
     if not examples:
         raise ValueError(f"{desc}: no training examples")
     torch.manual_seed(cfg.seed)
     named = _trainable(module, params)
     if not named:
         raise ValueError(f"{desc}: nothing to train")
-    groups: dict[float, list[nn.Parameter]] = {}
+    sparse = {id(p) for p in row_sparse}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for p in named.values():
-        groups.setdefault((param_lrs or {}).get(id(p), cfg.lr), []).append(p)
+        groups.setdefault(((param_lrs or {}).get(id(p), cfg.lr), id(p) in sparse), []).append(p)
     opt = torch.optim.AdamW(
-        [{"params": ps, "lr": lr} for lr, ps in groups.items()], weight_decay=cfg.weight_decay
+        [{"params": ps, "lr": lr, **({"betas": (0.0, 0.999)} if rows else {})} for (lr, rows), ps in groups.items()],
+        weight_decay=cfg.weight_decay,
     )
     steps = total_steps(len(examples), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(
