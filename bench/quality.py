@@ -65,6 +65,7 @@ from tapper.io_utils import atomic_write_text
 from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
 from tapper.prefix.model import TapperModel
 from tapper.train import builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
+from tapper.train_loop import ROW_SPARSE_OPTIMIZER
 
 SOURCES = {
     "LaMP_3": ("amazon-lamp3", SHARED_DATA / "amazon2018" / "All_Beauty_5.json"),
@@ -139,7 +140,7 @@ STAGE1_KEYS = ("backbone", "task_lora_r", "task_lora_alpha", "task_lora_dropout"
 
 # Settings that only the user table, or only a prefix, reads: a method without them keeps its result when
 # they change, so a sweep over user_lr or the prefix does not retrain the peers.
-USER_STATE_KEYS = ("user_lr", "onboard_steps", "onboard_lr", "init_std")
+USER_STATE_KEYS = ("user_lr", "onboard_steps", "onboard_lr", "init_std", "user_rows_optimizer")
 PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens")
 WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
 
@@ -242,6 +243,7 @@ def main() -> None:
               "batch_size": cfg.batch_size, "max_input_tokens": tcfg.max_input_tokens,
               "max_answer_tokens": tcfg.max_answer_tokens}
     all_settings = {**asdict(tcfg), **asdict(cfg), "rewrite_history": args.rewrite_history,
+                    "user_rows_optimizer": ROW_SPARSE_OPTIMIZER,
                     "stage1_users": args.stage1_users, "min_profile": args.min_profile}
     all_settings.pop("show_progress")
     stage1_dir = runs / f"stage1-{fingerprint({k: all_settings[k] for k in (*STAGE1_KEYS, 'stage1_users')})}"

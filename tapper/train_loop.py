@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from tapper.io_utils import atomic_write_text, atomic_write_with
 
 log = logging.getLogger(__name__)
+ROW_SPARSE_BETAS = (0.0, 0.999)
+ROW_SPARSE_OPTIMIZER = f"AdamW, betas {ROW_SPARSE_BETAS}"  # how row_sparse tables train (recorded with results)
 T = TypeVar("T")
 LossFn = Callable[[list[T]], tuple[torch.Tensor, int]]  # batch -> (mean loss, tokens it covered)
 
@@ -161,7 +163,8 @@ def train(
     for p in named.values():
         groups.setdefault(((param_lrs or {}).get(id(p), cfg.lr), id(p) in sparse), []).append(p)
     opt = torch.optim.AdamW(
-        [{"params": ps, "lr": lr, **({"betas": (0.0, 0.999)} if rows else {})} for (lr, rows), ps in groups.items()],
+        [{"params": ps, "lr": lr, **({"betas": ROW_SPARSE_BETAS} if rows else {})}
+         for (lr, rows), ps in groups.items()],
         weight_decay=cfg.weight_decay,
     )
     steps = total_steps(len(examples), cfg)
