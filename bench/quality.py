@@ -145,7 +145,13 @@ PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_orde
 WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
 
 
+# Options added after results were kept: at these values they change nothing, so they are left out of the
+# fingerprint and the results kept before them stay valid.
+NEUTRAL_DEFAULTS = {"anchor_text": None, "constrain_answers": False}
+
+
 def fingerprint(settings: dict) -> str:
+    settings = {k: v for k, v in settings.items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -241,7 +247,7 @@ def main() -> None:
     # the peers' harness settings come from the same resolved configs, so --set reaches every method
     shared = {"seed": cfg.seed, "max_history_pairs": cfg.max_history_pairs, "stage2_epochs": cfg.stage2_epochs,
               "batch_size": cfg.batch_size, "max_input_tokens": tcfg.max_input_tokens,
-              "max_answer_tokens": tcfg.max_answer_tokens}
+              "max_answer_tokens": tcfg.max_answer_tokens, "constrain_answers": tcfg.constrain_answers}
     all_settings = {**asdict(tcfg), **asdict(cfg), "rewrite_history": args.rewrite_history,
                     "user_rows_optimizer": ROW_SPARSE_OPTIMIZER,
                     "stage1_users": args.stage1_users, "min_profile": args.min_profile}

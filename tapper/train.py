@@ -205,6 +205,13 @@ def train_prefixes(model: TapperModel, examples: list[Example], cfg: TrainConfig
     # A finished stage leaves no checkpoint behind: a later run in this directory must start fresh.
     shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("stage 2: %d steps, loss %.3f, %.0f tok/s", result.steps, result.final_loss, result.tokens_per_second)
+    if model.config.use_user_state and len(model.user_state):
+        # Rows far larger than the token embeddings they sit beside are read as noise by the frozen LM.
+        with torch.no_grad():
+            rows = model.user_state.weight.view(len(model.user_state), model.config.prefix_len, -1).norm(dim=-1)
+            tokens = model.hf_model.get_input_embeddings().weight.norm(dim=-1).median()
+        log.info("stage 2: P_u vector norm mean %.2f, max %.2f (median token embedding %.2f)",
+                 float(rows.mean()), float(rows.max()), float(tokens))
     return result
 
 

@@ -231,3 +231,27 @@ def test_floors_for_each_task_answer_every_question_from_the_question_alone():
     got = floors("LaMP_2N", target, others)
     assert got["majority category, 'politics' (floor)"] == {"q": "politics", "r": "politics"}
     assert got["user's most frequent past category (floor)"] == {"q": "food", "r": "politics"}
+
+
+def test_every_method_decodes_within_the_labels_when_constrained(sample, tmp_path):
+    """--set constrain_answers=true reaches TAP-PER and each peer: no answer outside the label set."""
+    from dataclasses import replace
+
+    from tapper.data.tasks import get_task
+    from tapper.prefix import TapperConfig, TapperModel
+    from tapper.train import builder_for
+
+    labels = get_task(TASK).labels
+    target = subset(sample["test"], 3)
+    for method in ("rag", "oppu", "perpcs", "pplug"):
+        bb = tiny_backbone(seed=0)
+        obj = make_baseline(method, bb, TASK, tmp_path / method, {**SMALL, "constrain_answers": True})
+        if method == "perpcs":
+            obj.build_anchors(subset(sample["train"], 2))
+        obj.fit(target)
+        out = obj.generate(obj.question_examples(target))
+        assert all(text.strip() in labels for text in out), (method, out)
+    model = TapperModel(tiny_backbone(seed=0), replace(TapperConfig(task=TASK, backbone="tiny", prefix_len=2),
+                                                       constrain_answers=True), [q.user_id for q in target.questions])
+    examples = [builder_for(model, model.config).for_question(q) for q in target.questions]
+    assert all(text.strip() in labels for text in model.generate(examples))

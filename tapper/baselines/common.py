@@ -39,6 +39,11 @@ class BaselineConfig:
     seed: int = 0
     show_progress: bool = True
     stage2_epochs: float = 1.0  # TAP-PER's stage-2 passes over the target histories: the same-budget reference
+    constrain_answers: bool = False  # closed-label tasks: greedy decoding within the task's labels
+
+    def answers(self, task: Task) -> tuple[str, ...] | None:
+        """The label set to decode within, when constrained (None: free text)."""
+        return task.labels if self.constrain_answers else None
 
     @classmethod
     def for_task(cls: type[C], task: str, **overrides: Any) -> C:
@@ -50,6 +55,7 @@ class BaselineConfig:
             "task": tcfg.task, "max_input_tokens": tcfg.max_input_tokens,
             "max_answer_tokens": tcfg.max_answer_tokens, "max_history_pairs": cfg.max_history_pairs,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "stage2_epochs": cfg.stage2_epochs,
+            "constrain_answers": tcfg.constrain_answers,
         }
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)

@@ -152,7 +152,8 @@ class OppuBaseline:
         for user_id, rows in group_rows_by_user(examples).items():
             self.activate(user_id)
             texts = generate_batch(self.model.get_base_model(), self.backbone.tokenizer,
-                                   [examples[i].prompt for i in rows], None, self.task.max_new_tokens)
+                                   [examples[i].prompt for i in rows], None, self.task.max_new_tokens,
+                                   answers=self.config.answers(self.task))
             for i, text in zip(rows, texts, strict=True):
                 out[i] = text
         return out

@@ -262,7 +262,7 @@ class PerPcsBaseline:
         bank.weights = torch.stack([self.user_weights(e.user_id) for e in examples]).to(self.backbone.device)
         try:
             return generate_batch(self.backbone.model, self.backbone.tokenizer, [e.prompt for e in examples], None,
-                                  self.task.max_new_tokens)
+                                  self.task.max_new_tokens, answers=self.config.answers(self.task))
         finally:
             bank.weights = None
 

@@ -127,7 +127,8 @@ class PPlugBaseline:
     def generate(self, examples: list[Example]) -> list[str]:
         self.plug.eval()
         return generate_batch(self.backbone.model, self.backbone.tokenizer, [e.prompt for e in examples],
-                              self.soft_token(examples), self.task.max_new_tokens)
+                              self.soft_token(examples), self.task.max_new_tokens,
+                              answers=self.config.answers(self.task))
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

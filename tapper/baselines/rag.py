@@ -63,7 +63,7 @@ class RagBaseline:
 
     def generate(self, examples: list[Example]) -> list[str]:
         return generate_batch(self.backbone.model, self.backbone.tokenizer, [e.prompt for e in examples], None,
-                              self.task.max_new_tokens)
+                              self.task.max_new_tokens, answers=self.config.answers(self.task))
 
     def save(self, directory: str | Path) -> None:
         save_config(self.config, self.name, Path(directory))

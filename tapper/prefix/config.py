@@ -37,6 +37,7 @@ class TapperConfig:
     max_record_tokens: int = 48  # tokens of a record that its embedding mean sees
     max_input_tokens: int = 192  # the query text is cut to this before the prompt template
     max_answer_tokens: int = 48
+    constrain_answers: bool = False  # closed-label tasks: greedy decoding within the task's labels
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")

@@ -158,6 +158,7 @@ class TapperModel(nn.Module):
             return generate_batch(
                 self.hf_model, self.tokenizer, [e.prompt for e in examples], prefix,
                 max_new_tokens or self.task.max_new_tokens, stop_at_newline,
+                answers=self.task.labels if self.config.constrain_answers else None,
             )
         finally:
             self.train(was_training)
