@@ -246,6 +246,19 @@ def test_onboarding_changes_only_that_users_row(backbone, anchor_text):
     assert torch.equal(model.user_state.weight[:4].detach(), shared_before["user_state.weight"])
 
 
+def kill_after(model: TapperModel, steps: int) -> None:
+    """Make the model's loss raise like a kill once `steps` batches have been computed."""
+    real, calls = model.loss, {"n": 0}
+
+    def crashing(batch, user_rows=None):
+        calls["n"] += 1
+        if calls["n"] > steps:
+            raise KeyboardInterrupt("simulated kill")
+        return real(batch, user_rows)
+
+    model.loss = crashing
+
+
 def test_killed_training_resumes_from_last_checkpoint(backbone, tmp_path):
     split = make_split()
     cfg = TrainConfig(stage2_epochs=3, batch_size=4, checkpoint_every=2, show_progress=False, max_history_pairs=4)
@@ -254,16 +267,7 @@ def test_killed_training_resumes_from_last_checkpoint(backbone, tmp_path):
         model = make_model(spiky_backbone())
         exs = history_examples(builder(model), split, cfg.max_history_pairs)
         if crash_at is not None:
-            calls = {"n": 0}
-            real = model.loss
-
-            def crashing(batch, user_rows=None):
-                calls["n"] += 1
-                if calls["n"] > crash_at:
-                    raise KeyboardInterrupt("simulated kill")
-                return real(batch, user_rows)
-
-            model.loss = crashing
+            kill_after(model, crash_at)
         train_prefixes(model, exs, cfg, run_dir)
         return model
 
@@ -287,15 +291,7 @@ def test_a_checkpoint_from_another_run_is_not_resumed(tmp_path):
             model.hf_model.lm_head.weight.add_(0.01 * backbone_seed)
         exs = history_examples(builder(model), split, cfg.max_history_pairs)
         if crash_at is not None:
-            real, calls = model.loss, {"n": 0}
-
-            def crashing(batch, user_rows=None):
-                calls["n"] += 1
-                if calls["n"] > crash_at:
-                    raise KeyboardInterrupt("simulated kill")
-                return real(batch, user_rows)
-
-            model.loss = crashing
+            kill_after(model, crash_at)
         return model, train_prefixes(model, exs, cfg, run_dir)
 
     with pytest.raises(KeyboardInterrupt):
