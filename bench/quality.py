@@ -19,8 +19,8 @@ non-personalized with TAP-PER's stage-2 budget; TAP-PER; with --ablations also T
 without P_q, without time decay, without the bridge; RAG (k=4); PAG; OPPU; PER-PCS (anchors: the
 non-target users with the longest histories); PPlug. Stage 1 is trained once and shared. "onboard" (in the
 default set) holds --onboard-users targets out of TAP-PER's stage 2, onboards them one P_u row at a time
-(everything shared frozen), and compares them with OPPU and TAP-PER on those same new users, with the
-training seconds each method spends per user. Every method's result is
+(everything shared frozen; one fit per --onboard-steps budget, plus no fit at all), and compares them with
+OPPU and TAP-PER on those same new users, with the training seconds each method spends per user. Every method's result is
 kept in --runs as it finishes, so a killed run picks up where it stopped (--fresh ignores them).
 --set key=value overrides the task's model or training config (tapper/configs/<task>.json) for every
 method: the peers take the same input and answer lengths, history pairs, epochs, batch size and seed.
@@ -74,9 +74,18 @@ SOURCES = {
 }
 CORE = ["floors", "zero-shot", "task-lora", "nonpersonal", "tapper", "rag", "pag", "oppu", "perpcs", "pplug",
         "onboard"]
-ONBOARDED = "TAP-PER, onboarded (P_u fit only)"
 COLD = "TAP-PER, new user without a fit (mean row + P_q)"
-NEW_USERS = (ONBOARDED, COLD)  # scored on the held-out users only: reported in the onboarding table
+
+
+def onboarded_name(steps: int) -> str:
+    return f"TAP-PER, onboarded ({steps}-step P_u fit)"
+
+
+def is_new_user_result(name: str) -> bool:
+    """Scored on the held-out users only: reported in the onboarding table, not the main one."""
+    return name == COLD or name.startswith("TAP-PER, onboarded")
+
+
 ABLATIONS = {
     "no-pu": ("TAP-PER without P_u", {"use_user_state": False}),
     "no-pq": ("TAP-PER without P_q", {"use_query_prefix": False}),
@@ -141,6 +150,7 @@ STAGE1_KEYS = ("backbone", "task_lora_r", "task_lora_alpha", "task_lora_dropout"
 # Settings that only the user table, or only a prefix, reads: a method without them keeps its result when
 # they change, so a sweep over user_lr or the prefix does not retrain the peers.
 USER_STATE_KEYS = ("user_lr", "onboard_steps", "onboard_lr", "init_std", "user_rows_optimizer")
+ONBOARD_KEYS = ("onboard_steps", "onboard_lr")  # read by the onboarding rows alone
 PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens")
 WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
 
@@ -156,7 +166,11 @@ def fingerprint(settings: dict) -> str:
 
 
 def method_fingerprint(key: str, settings: dict) -> str:
-    ignored = (*USER_STATE_KEYS, *PREFIX_KEYS) if key in WITHOUT_PREFIX else USER_STATE_KEYS if key == "no-pu" else ()
+    ignored = set() if key.startswith("onboard") else set(ONBOARD_KEYS)
+    if key in WITHOUT_PREFIX:
+        ignored |= {*USER_STATE_KEYS, *PREFIX_KEYS}
+    elif key == "no-pu":
+        ignored |= set(USER_STATE_KEYS)
     settings = {k: v for k, v in settings.items() if k not in ignored}
     return fingerprint(settings)
 
@@ -219,6 +233,9 @@ def main() -> None:
                          "same stage 1; results go to <runs>/val-<settings> and quality_<task>_val.*")
     ap.add_argument("--onboard-users", type=int, default=10,
                     help="target users held out of stage 2 and onboarded later (at most half the targets)")
+    ap.add_argument("--onboard-steps", default=None,
+                    help="comma-separated P_u fit budgets for the onboarded users, each fitted from the mean row "
+                         "(default: the config's onboard_steps)")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -338,22 +355,24 @@ def main() -> None:
         if method in wanted:
             results.append(runner.get(method, baseline(method, own_copy)))
     if "onboard" in wanted:
+        budgets = ([int(b) for b in args.onboard_steps.split(",")] if args.onboard_steps
+                   else [cfg.onboard_steps])
         held_out: dict[str, VariantResult] = {}
 
-        def held_out_result(name: str) -> VariantResult:
-            if name not in held_out:  # one stage 2 on the known users gives both results
+        def held_out_result(key: str) -> VariantResult:
+            if key not in held_out:  # one stage 2 on the known users gives every onboarding result
                 held_out.update(onboard_held_out(get_tuned(), target, tcfg, cfg, runs / "onboard",
-                                                 args.onboard_users, history_inputs))
-            return held_out[name]
-        results.append(runner.get("onboard", lambda: held_out_result(ONBOARDED)))
-        results.append(runner.get("onboard-cold", lambda: held_out_result(COLD)))
+                                                 args.onboard_users, budgets, history_inputs))
+            return held_out[key]
+        for key in ["onboard-cold", *(f"onboard-{b}" for b in budgets)]:
+            results.append(runner.get(key, lambda key=key: held_out_result(key)))
 
     # -- report ----------------------------------------------------------------------------------------
     metric_names = METRIC_NAMES[get_task(task).metric]
     primary, higher_better = primary_metric(task)
     rows, data_rows = [], []
     for r in results:
-        if r.name in NEW_USERS:
+        if is_new_user_result(r.name):
             continue
         ci = bootstrap_ci(task, golds, r.predictions, n=1000, seed=args.seed)
         cells = []
@@ -377,7 +396,7 @@ def main() -> None:
         "train_config": asdict(cfg), "results": data_rows, "runs": str(runs),
     })
     result.notes += compare(results, task, primary, higher_better, golds, args.seed)
-    onboarded = [r for r in results if r.name in NEW_USERS]
+    onboarded = [r for r in results if is_new_user_result(r.name)]
     if onboarded:
         table, notes, rows_data = onboarding_table(results, onboarded, task, primary, higher_better, golds,
                                                    len(target.questions), args.seed)
@@ -408,7 +427,7 @@ def compare(results: list[VariantResult], task: str, primary: str, higher_better
         return []
     notes = []
     for r in results:
-        if r is tap or "floor" in r.name or r.name in NEW_USERS:
+        if r is tap or "floor" in r.name or is_new_user_result(r.name):
             continue
         low, high = paired_difference_ci(task, primary, golds, tap.predictions, r.predictions, seed)
         diff = tap.metrics[primary] - r.metrics[primary]
@@ -423,11 +442,13 @@ def compare(results: list[VariantResult], task: str, primary: str, higher_better
 
 
 def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Path, n_new: int,
-                     history_inputs: dict[str, str] | None = None) -> dict[str, VariantResult]:
-    """Stage 2 without n_new of the target users (at most half); those arrive later. Scored on them only,
-    twice: first as they arrive (no row: the mean row + P_q from their history, no training at all), then
-    after each is onboarded one P_u row (P_q, bridge and every other user frozen); train_seconds is the
-    onboarding time per user."""
+                     budgets: list[int], history_inputs: dict[str, str] | None = None
+                     ) -> dict[str, VariantResult]:
+    """Stage 2 without n_new of the target users (at most half); those arrive later. Scored on them only:
+    first as they arrive (no row: the mean row + P_q from their history, no training at all), then once per
+    fit budget, after each is onboarded one P_u row (P_q, bridge and every other user frozen) fitted for
+    that many steps from the mean row of the known users; train_seconds is the onboarding time per user.
+    Keys: "onboard-cold" and "onboard-<steps>"."""
     import torch
 
     users = sorted({q.user_id for q in target.questions})
@@ -440,13 +461,16 @@ def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Pat
     builder = builder_for(model, tcfg, history_inputs)
     train_prefixes(model, history_examples(builder, known, cfg.max_history_pairs), cfg, run_dir)
     m, p, raw, s = evaluate_model(model, new, desc="new users, no fit")
-    cold = VariantResult(COLD, m, model.row_size, 0.0, s, p, raw)
-    began = time.perf_counter()
-    for q in new.questions:
-        onboard_user(model, q.user_id, q.profile, cfg, builder)
-    per_user = (time.perf_counter() - began) / max(1, len(new.questions))
-    m, p, raw, s = evaluate_model(model, new, desc="onboarded")
-    return {COLD: cold, ONBOARDED: VariantResult(ONBOARDED, m, model.row_size, per_user, s, p, raw)}
+    out = {"onboard-cold": VariantResult(COLD, m, model.row_size, 0.0, s, p, raw)}
+    start = model.user_state.mean_row()  # of the known users: every budget starts from the same row
+    for steps in budgets:
+        began = time.perf_counter()
+        for q in new.questions:
+            onboard_user(model, q.user_id, q.profile, cfg, builder, steps=steps, start=start)
+        per_user = (time.perf_counter() - began) / max(1, len(new.questions))
+        m, p, raw, s = evaluate_model(model, new, desc=f"onboarded, {steps} steps")
+        out[f"onboard-{steps}"] = VariantResult(onboarded_name(steps), m, model.row_size, per_user, s, p, raw)
+    return out
 
 
 def onboarding_table(results: list[VariantResult], new_users: list[VariantResult], task: str, primary: str,
@@ -456,8 +480,8 @@ def onboarding_table(results: list[VariantResult], new_users: list[VariantResult
     ids = sorted(new_users[0].predictions)
     sub = {i: golds[i] for i in ids}
     by_name = {r.name: r for r in results}
-    hows = {COLD: "no training: mean row + P_q from the history", ONBOARDED: "P_u fit, shared parts frozen"}
-    per_user_seconds = {r.name: (r.train_seconds, hows[r.name]) for r in new_users}
+    per_user_seconds = {r.name: (r.train_seconds, "no training: mean row + P_q from the history" if r.name == COLD
+                                 else "P_u fit, shared parts frozen") for r in new_users}
     if "OPPU" in by_name:
         per_user_seconds["OPPU"] = (by_name["OPPU"].train_seconds / n_target, "own LoRA")
     if "TAP-PER" in by_name:
@@ -479,7 +503,7 @@ def onboarding_table(results: list[VariantResult], new_users: list[VariantResult
         oppu_seconds = per_user_seconds["OPPU"][0]
         oppu_value = next(d[primary] for d in data if d["method"] == "OPPU")
         for d in data:
-            if d["method"] not in NEW_USERS:
+            if not is_new_user_result(d["method"]):
                 continue
             seconds, value = d["train_seconds_per_user"], d[primary]
             at_least = value >= oppu_value if higher_better else value <= oppu_value

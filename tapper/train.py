@@ -233,7 +233,8 @@ def fit_user_row(
 ) -> torch.Tensor:
     """Fit one P_u row on one user's history pairs; nothing shared changes (its grads are never taken)."""
     start = model.user_state.mean_row() if init is None else init.to(model.device)
-    if not examples or not model.config.use_user_state:
+    steps = cfg.onboard_steps if steps is None else steps
+    if not examples or not model.config.use_user_state or steps == 0:
         return start.detach().clone()
     holder = _Row(start)
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -244,7 +245,7 @@ def fit_user_row(
         def loss_fn(batch: list[Example]) -> tuple[torch.Tensor, int]:
             return model.loss(batch, user_rows=holder.row.expand(len(batch), -1))
 
-        loop = _loop(cfg, cfg.onboard_lr, max_steps=steps or cfg.onboard_steps)
+        loop = _loop(cfg, cfg.onboard_lr, max_steps=steps)
         loop.checkpoint_every = 0
         loop.show_progress = False
         train(holder, examples, loss_fn, loop, desc="onboard", on_step=progress)
@@ -255,11 +256,14 @@ def fit_user_row(
 
 
 def onboard_user(model: TapperModel, user_id: str, history: list[ProfileItem], cfg: TrainConfig,
-                 builder: ExampleBuilder) -> torch.Tensor:
-    """Add or refresh one user's row from that user's history alone."""
+                 builder: ExampleBuilder, steps: int | None = None, start: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Add or refresh one user's row from that user's history alone: `steps` (default cfg.onboard_steps)
+    from `start` (default: the user's current row, or the mean row for a new user)."""
     examples = builder.from_history(user_id, history, cfg.max_history_pairs)
-    init = model.user_state.rows([user_id])[0].detach() if user_id in model.user_state else None
-    row = fit_user_row(model, examples, cfg, init=init)
+    if start is None and user_id in model.user_state:
+        start = model.user_state.rows([user_id])[0].detach()
+    row = fit_user_row(model, examples, cfg, init=start, steps=steps)
     model.user_state.set_row(user_id, row)
     return row
 

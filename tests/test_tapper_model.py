@@ -17,7 +17,7 @@ from tapper.engine import GenerationRequest, TapperEngine
 from tapper.examples import ExampleBuilder
 from tapper.prefix import QueryPrefix, TapperConfig, TapperModel, UserStateTable
 from tapper.prefix.user_state import dequantize_rows_int8, quantize_rows_int8
-from tapper.train import TrainConfig, fit_user_row, history_examples, train_prefixes
+from tapper.train import TrainConfig, fit_user_row, history_examples, onboard_user, train_prefixes
 
 TASK = get_task("LaMP_3")
 WORDS = ["soft", "greasy", "fresh", "sticky", "smooth", "harsh", "light", "heavy"]
@@ -244,6 +244,25 @@ def test_onboarding_changes_only_that_users_row(backbone, anchor_text):
         assert torch.equal(p.detach(), shared_before[n]), n
     model.user_state.set_row("newbie", row)
     assert torch.equal(model.user_state.weight[:4].detach(), shared_before["user_state.weight"])
+
+
+def test_onboard_user_budget_and_start(backbone):
+    """steps=0 keeps the start row; a given start row is where the fit begins (bench/quality.py fits every
+    budget from the same row); without one, a known user's fit starts from their current row."""
+    model = make_model(backbone)
+    b = builder(model)
+    cfg = TrainConfig(onboard_steps=5, onboard_lr=0.1, batch_size=4, show_progress=False)
+    start = torch.full((model.row_size,), 0.5)
+    history = make_history(7)
+    assert torch.equal(onboard_user(model, "newbie", history, cfg, b, steps=0, start=start), start)
+    assert torch.equal(model.user_state.rows(["newbie"])[0].detach(), start)
+    one = onboard_user(model, "other", history, cfg, b, steps=1, start=start)
+    assert not torch.equal(one, start)
+    # one Adam step moves each coordinate by about the learning rate, from `start`
+    assert (one - start).abs().max() <= cfg.onboard_lr * 1.01
+    again = onboard_user(model, "other", history, cfg, b, steps=1)  # from its own row now
+    assert (again - one).abs().max() <= cfg.onboard_lr * 1.01
+    assert not torch.allclose(again - start, one - start)
 
 
 def kill_after(model: TapperModel, steps: int) -> None:

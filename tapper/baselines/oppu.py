@@ -146,13 +146,14 @@ class OppuBaseline:
     def question_examples(self, split: LampSplit) -> list[Example]:
         return [self.builder.for_question(q) for q in split.questions]
 
-    def generate(self, examples: list[Example]) -> list[str]:
+    def generate(self, examples: list[Example], max_new_tokens: int | None = None) -> list[str]:
         """Rows grouped by user: one adapter switch and one generation pass per distinct user."""
         out: list[str] = [""] * len(examples)
         for user_id, rows in group_rows_by_user(examples).items():
             self.activate(user_id)
             texts = generate_batch(self.model.get_base_model(), self.backbone.tokenizer,
-                                   [examples[i].prompt for i in rows], None, self.task.max_new_tokens,
+                                   [examples[i].prompt for i in rows], None,
+                                   max_new_tokens or self.task.max_new_tokens,
                                    answers=self.config.answers(self.task))
             for i, text in zip(rows, texts, strict=True):
                 out[i] = text
