@@ -20,8 +20,8 @@ without P_q, without time decay, without the bridge; RAG (k=4); PAG; OPPU; PER-P
 non-target users with the longest histories); PPlug. Stage 1 is trained once and shared. "onboard" (in the
 default set) holds --onboard-users targets out of TAP-PER's stage 2, onboards them one P_u row at a time
 (everything shared frozen; one fit per --onboard-steps budget, plus no fit at all), and compares them with
-OPPU and TAP-PER on those same new users, with the training seconds each method spends per user. Every method's result is
-kept in --runs as it finishes, so a killed run picks up where it stopped (--fresh ignores them).
+OPPU and TAP-PER on those same new users, with the training seconds each method spends per user. Every
+method's result is kept in --runs as it finishes, so a killed run picks up where it stopped (--fresh ignores them).
 --set key=value overrides the task's model or training config (tapper/configs/<task>.json) for every
 method: the peers take the same input and answer lengths, history pairs, epochs, batch size and seed.
 --rewrite-history (LaMP-7) replays each history tweet from a filtered backbone rewrite instead of from

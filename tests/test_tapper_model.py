@@ -230,6 +230,25 @@ def test_user_table_grows_without_touching_rows_and_int8_is_close(tmp_path):
     assert torch.allclose(table.rows(["zzz"])[0], table.weight.detach().mean(0))
 
 
+def test_user_row_gradient_is_bitwise_reproducible_with_two_threads():
+    """A stage-2 batch often holds one user many times. Plain indexing (weight[idx]) accumulated such a
+    row's gradient in a thread-dependent order on CPU; Adam then turned the last-bit differences of
+    near-zero coordinates into +-lr steps, and two runs of the demo ended two users apart."""
+    table = UserStateTable(4608, ["a", "b"], seed=1)  # a real row's size: large enough to go parallel
+    upstream = torch.randn(8, 4608, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = set()
+        for _ in range(20):
+            table.weight.grad = None
+            table.rows(["a"] * 8).backward(upstream)
+            grads.add(table.weight.grad.numpy().tobytes())
+    finally:
+        torch.set_num_threads(threads)
+    assert len(grads) == 1
+
+
 @pytest.mark.parametrize("anchor_text", [None, "the user writes"])
 def test_onboarding_changes_only_that_users_row(backbone, anchor_text):
     model = make_model(backbone, anchor_text=anchor_text)

@@ -68,7 +68,10 @@ class UserStateTable(nn.Module):
         """(B, L*d) rows; users without a row get the mean row. Gradients flow to known rows."""
         known = [self.index.get(u, -1) for u in user_ids]
         idx = torch.tensor([max(i, 0) for i in known], device=self.weight.device, dtype=torch.long)
-        out = self.weight[idx] if len(self) else torch.zeros(len(known), self.row_size, device=self.weight.device)
+        # index_select, not weight[idx]: the latter's backward sums a user's repeated rows in a thread-dependent
+        # order on CPU, and Adam turns those last-bit differences into different rows from run to run.
+        out = (self.weight.index_select(0, idx) if len(self)
+               else torch.zeros(len(known), self.row_size, device=self.weight.device))
         unknown = torch.tensor([i < 0 for i in known], device=self.weight.device)
         if bool(unknown.any()):
             out = torch.where(unknown[:, None], self.mean_row()[None, :], out)
