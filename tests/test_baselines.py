@@ -114,6 +114,41 @@ def test_oppu_trains_one_file_per_user_and_switches_once_per_user(sample, tmp_pa
         losses(plain.model, plain.tokenizer, pairs), abs=1e-6)
 
 
+def test_oppu_fit_resumes_users_trained_from_the_same_start_and_retrains_the_rest(sample, tmp_path, monkeypatch):
+    target = subset(sample["test"], 2)
+    users = sorted(q.user_id for q in target.questions)
+    oppu = make_baseline("oppu", tiny_backbone(), TASK, tmp_path, {**SMALL, "epochs": 1.0})
+    oppu.fit(target)
+    first = {u: load_file(str(oppu.user_file(u))) for u in users}
+
+    def count(baseline: OppuBaseline) -> list[str]:
+        trained: list[str] = []
+        real = baseline.train_user
+
+        def counting(user_id, examples, max_steps=None, stamp=None):
+            trained.append(user_id)
+            return real(user_id, examples, max_steps, stamp)
+
+        monkeypatch.setattr(baseline, "train_user", counting)
+        return trained
+
+    # a rerun after a kill: same settings, same pairs -> every finished user is kept, byte for byte
+    again = make_baseline("oppu", tiny_backbone(), TASK, tmp_path, {**SMALL, "epochs": 1.0})
+    trained = count(again)
+    again.fit(target)
+    assert trained == []
+    assert all(torch.equal(load_file(str(again.user_file(u)))[k], v) for u in users for k, v in first[u].items())
+    # one user's file lost (the kill hit it): only that user is trained
+    again.user_file(users[1]).unlink()
+    again.fit(target)
+    assert trained == [users[1]]
+    # another recipe: every user is trained again, none reused
+    other = make_baseline("oppu", tiny_backbone(), TASK, tmp_path, {**SMALL, "epochs": 2.0})
+    trained = count(other)
+    other.fit(target)
+    assert sorted(trained) == users
+
+
 def test_piece_mix_is_the_weighted_sum_of_the_anchor_pieces():
     torch.manual_seed(0)
     base = torch.nn.Linear(6, 5, bias=False)

@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tapper.backbone import Backbone
@@ -34,11 +35,12 @@ from tapper.examples import Example, ExampleBuilder
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_with
 from tapper.lora import add_lora
-from tapper.train_loop import LoopResult, total_steps, train
+from tapper.train_loop import LoopResult, run_fingerprint, total_steps, train
 
 log = logging.getLogger(__name__)
 USERS_DIR = "users"
 ADAPTER_SUFFIX = ".safetensors"
+FIT_STAMP_KEY = "tapper_fit"  # safetensors metadata: what the adapter was trained from (see fit_stamp)
 
 
 @dataclass
@@ -94,12 +96,34 @@ class OppuBaseline:
     # -- training ---------------------------------------------------------------------------------
 
     def fit(self, target: LampSplit) -> None:
+        """Train every user with history pairs. Resumable: a user whose file was made from the same starting
+        weights, recipe and pairs (its stamp) is kept, so a killed run loses at most the user in progress."""
         pairs = history_pairs_by_user(self.builder, target, self.config.max_history_pairs)
         for i, (user_id, examples) in enumerate(pairs.items()):
-            if examples:
-                result = self.train_user(user_id, examples)
-                log.info("OPPU user %d/%d (%s): %d steps, loss %.3f", i + 1, len(pairs), user_id, result.steps,
-                         result.final_loss)
+            if not examples:
+                continue
+            stamp = self.fit_stamp(examples)
+            if self.trained_with(user_id, stamp):
+                log.info("OPPU user %d/%d (%s): kept from an earlier run", i + 1, len(pairs), user_id)
+                continue
+            result = self.train_user(user_id, examples, stamp=stamp)
+            log.info("OPPU user %d/%d (%s): %d steps, loss %.3f", i + 1, len(pairs), user_id, result.steps,
+                     result.final_loss)
+
+    def fit_stamp(self, examples: list[Example]) -> str:
+        """What a user's adapter is made from: every weight as its training starts (the task-tuned backbone and
+        the shared LoRA initialisation), the recipe, and the user's pairs."""
+        set_peft_model_state_dict(self.model, self.init_state)
+        self.active = None
+        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        return run_fingerprint(self.model, trainable, examples, self.config.loop(self.config.lr, self.config.epochs))
+
+    def trained_with(self, user_id: str, stamp: str) -> bool:
+        path = self.user_file(user_id)
+        if not path.exists():
+            return False
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(FIT_STAMP_KEY) == stamp
 
     def recipe_steps(self, n_examples: int) -> int:
         """Optimisation steps the default recipe takes for a user with n_examples history pairs."""
@@ -108,7 +132,8 @@ class OppuBaseline:
     def history_pairs(self, user_id: str, history: list[ProfileItem]) -> list[Example]:
         return self.builder.from_history(user_id, history, self.config.max_history_pairs)
 
-    def train_user(self, user_id: str, examples: list[Example], max_steps: int | None = None) -> LoopResult:
+    def train_user(self, user_id: str, examples: list[Example], max_steps: int | None = None,
+                   stamp: str | None = None) -> LoopResult:
         """Fit one user's LoRA from the shared initial weights and write its file (max_steps cuts the
         recipe short, e.g. to time a few steps)."""
         set_peft_model_state_dict(self.model, self.init_state)
@@ -122,14 +147,15 @@ class OppuBaseline:
         loop = cfg.loop(cfg.lr, cfg.epochs, max_steps)
         loop.show_progress = False
         result = train(self.model, examples, loss_fn, loop, desc=f"OPPU {user_id}")
-        self.save_user(user_id)
+        self.save_user(user_id, stamp)
         self.active = user_id
         return result
 
-    def save_user(self, user_id: str) -> Path:
+    def save_user(self, user_id: str, stamp: str | None = None) -> Path:
         state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
         path = self.user_file(user_id)
-        atomic_write_with(path, lambda p: save_file(state, str(p)))
+        metadata = {FIT_STAMP_KEY: stamp} if stamp else None
+        atomic_write_with(path, lambda p: save_file(state, str(p), metadata=metadata))
         return path
 
     # -- inference --------------------------------------------------------------------------------
