@@ -75,15 +75,16 @@ SOURCES = {
 CORE = ["floors", "zero-shot", "task-lora", "nonpersonal", "tapper", "rag", "pag", "oppu", "perpcs", "pplug",
         "onboard"]
 COLD = "TAP-PER, new user without a fit (mean row + P_q)"
+ONBOARDED = "TAP-PER, onboarded"
 
 
 def onboarded_name(steps: int) -> str:
-    return f"TAP-PER, onboarded ({steps}-step P_u fit)"
+    return f"{ONBOARDED} ({steps}-step P_u fit)"
 
 
 def is_new_user_result(name: str) -> bool:
     """Scored on the held-out users only: reported in the onboarding table, not the main one."""
-    return name == COLD or name.startswith("TAP-PER, onboarded")
+    return name == COLD or name.startswith(ONBOARDED)
 
 
 ABLATIONS = {
