@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import RESULTS, ROOT, git_commit
+from common import RESULTS, ROOT, Table, git_commit
 
 from tapper.io_utils import atomic_write_text
 
@@ -31,15 +31,14 @@ def main() -> None:
         raise SystemExit(f"{source} not found: run `bash scripts/demo.sh` (or tapper demo --out {args.run}) first")
     data = json.loads(source.read_text(encoding="utf-8"))
     data.update({"command": DEMO_COMMAND, "conditions": args.conditions, "commit": git_commit()})
+    table = Table("16 target users, lower MAE / RMSE is better",
+                  ["method", "MAE", "RMSE", "per-user params", "train s", "predict s"],
+                  [[m["name"], f"{m['metrics']['mae']:.3f}", f"{m['metrics']['rmse']:.3f}", m["per_user_params"],
+                    round(m["train_seconds"]), round(m["predict_seconds"])] for m in data["methods"]])
     lines = ["# Main job: TAP-PER on the built-in sample (LaMP-3 format, 16 target users)", "",
              f"Command: `{DEMO_COMMAND}`  ",
              f"Commit {data['commit']}. Conditions: {args.conditions}. Wall time {data['wall_seconds']:.0f} s "
-             f"(stage 1: {data['stage1_seconds']:.0f} s).", "",
-             "| method | MAE | RMSE | per-user params | train s | predict s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for m in data["methods"]:
-        lines.append(f"| {m['name']} | {m['metrics']['mae']:.3f} | {m['metrics']['rmse']:.3f} | "
-                     f"{m['per_user_params']:,} | {m['train_seconds']:.0f} | {m['predict_seconds']:.0f} |")
+             f"(stage 1: {data['stage1_seconds']:.0f} s).", "", table.markdown()]
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "demo_sample.json", json.dumps(data, indent=2) + "\n")
     atomic_write_text(args.out / "demo_sample.md", "\n".join(lines) + "\n")
