@@ -206,8 +206,6 @@ def main() -> None:
         throughput.append(row)
         print(f"throughput, {length} new tokens: TAP-PER {t_tap:.1f}s, OPPU {t_oppu:.1f}s "
               f"({row['oppu_over_tapper']:.1f}x), plain {t_plain:.1f}s; tokens {row['measured_tokens']}", flush=True)
-    for hf in (engine.model.hf_model, merged.model.hf_model, tuned.model, oppu.model.get_base_model()):
-        fixed_length(hf, n_tok)
     result.tables.append(Table(
         f"Throughput: {nb} requests from {nb} different users (fastest of {args.repeats}). TAP-PER: one batch, one "
         f"prefix per row, bridge merged (as served). OPPU: adapter per user loaded from disk, batch 1 each. "
