@@ -61,9 +61,9 @@ from tapper.experiment import (
     stage1,
 )
 from tapper.history_inputs import rewrite_history_inputs
-from tapper.io_utils import atomic_write_text
+from tapper.io_utils import atomic_replace_dir, atomic_write_text
 from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
-from tapper.prefix.model import TapperModel
+from tapper.prefix.model import CONFIG_NAME, TapperModel
 from tapper.train import builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
 from tapper.train_loop import ROW_SPARSE_OPTIMIZER
 
@@ -362,8 +362,13 @@ def main() -> None:
 
         def held_out_result(key: str) -> VariantResult:
             if key not in held_out:  # one stage 2 on the known users gives every onboarding result
+                # the known users' stage 2 reads every setting but the onboarding ones: kept under their tag,
+                # so a rerun with other budgets only refits the new users
+                known_tag = fingerprint({**{k: v for k, v in all_settings.items() if k not in ONBOARD_KEYS},
+                                         "onboard_users": args.onboard_users})
                 held_out.update(onboard_held_out(get_tuned(), target, tcfg, cfg, runs / "onboard",
-                                                 args.onboard_users, budgets, history_inputs))
+                                                 args.onboard_users, budgets, history_inputs,
+                                                 known_dir=runs / "onboard" / f"known-{known_tag}"))
             return held_out[key]
         for key in ["onboard-cold", *(f"onboard-{b}" for b in budgets)]:
             results.append(runner.get(key, lambda key=key: held_out_result(key)))
@@ -443,13 +448,14 @@ def compare(results: list[VariantResult], task: str, primary: str, higher_better
 
 
 def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Path, n_new: int,
-                     budgets: list[int], history_inputs: dict[str, str] | None = None
-                     ) -> dict[str, VariantResult]:
+                     budgets: list[int], history_inputs: dict[str, str] | None = None,
+                     known_dir: Path | None = None) -> dict[str, VariantResult]:
     """Stage 2 without n_new of the target users (at most half); those arrive later. Scored on them only:
     first as they arrive (no row: the mean row + P_q from their history, no training at all), then once per
     fit budget, after each is onboarded one P_u row (P_q, bridge and every other user frozen) fitted for
     that many steps from the mean row of the known users; train_seconds is the onboarding time per user.
-    Keys: "onboard-cold" and "onboard-<steps>"."""
+    Keys: "onboard-cold" and "onboard-<steps>". With known_dir, the known users' model is saved there after
+    stage 2 and loaded from there on a later call instead of being trained again."""
     import torch
 
     users = sorted({q.user_id for q in target.questions})
@@ -458,9 +464,16 @@ def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Pat
     known = LampSplit(target.task, [q for q in target.questions if q.user_id in known_users], target.golds)
     new = _subset([q for q in target.questions if q.user_id not in known_users], target.golds or {}, target.task)
     torch.manual_seed(cfg.seed)
-    model = TapperModel(copy_backbone(tuned), tcfg, sorted(known_users))
-    builder = builder_for(model, tcfg, history_inputs)
-    train_prefixes(model, history_examples(builder, known, cfg.max_history_pairs), cfg, run_dir)
+    if known_dir is not None and (known_dir / CONFIG_NAME).exists():
+        print(f"[onboard] reusing the known users' stage 2 from {known_dir}", flush=True)
+        model = TapperModel.from_pretrained(known_dir, backbone=copy_backbone(tuned))
+        builder = builder_for(model, tcfg, history_inputs)
+    else:
+        model = TapperModel(copy_backbone(tuned), tcfg, sorted(known_users))
+        builder = builder_for(model, tcfg, history_inputs)
+        train_prefixes(model, history_examples(builder, known, cfg.max_history_pairs), cfg, run_dir)
+        if known_dir is not None:  # whole or not at all: the config file is what marks it usable
+            atomic_replace_dir(known_dir, model.save_pretrained)
     m, p, raw, s = evaluate_model(model, new, desc="new users, no fit")
     out = {"onboard-cold": VariantResult(COLD, m, model.row_size, 0.0, s, p, raw)}
     start = model.user_state.mean_row()  # of the known users: every budget starts from the same row
