@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -63,9 +64,11 @@ def generate_batch(
     max_new_tokens: int = 32,
     stop_at_newline: bool = True,
     answers: Sequence[str] | None = None,
+    **generate_kwargs: Any,
 ) -> list[str]:
     """Greedy continuation of each formatted prompt, `prefix[r]` (L, d) prepended to row r's prompt.
-    With `answers` (a closed-label task's labels), each row decodes greedily within that set."""
+    With `answers` (a closed-label task's labels), each row decodes greedily within that set. Extra keyword
+    arguments go to `model.generate` (e.g. peft's per-row `adapter_names`)."""
     if not prompts:
         return []
     device = model.get_input_embeddings().weight.device
@@ -92,6 +95,7 @@ def generate_batch(
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
         prefix_allowed_tokens_fn=constrain,
+        **generate_kwargs,
     )
     # From inputs_embeds alone, decoder-only generate returns just the new tokens.
     return tokenizer.batch_decode(out, skip_special_tokens=True)

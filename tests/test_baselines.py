@@ -114,6 +114,28 @@ def test_oppu_trains_one_file_per_user_and_switches_once_per_user(sample, tmp_pa
         losses(plain.model, plain.tokenizer, pairs), abs=1e-6)
 
 
+def test_oppu_mixed_batch_answers_each_row_with_its_own_users_lora(sample, tmp_path):
+    target = subset(sample["test"], 2)
+    oppu = make_baseline("oppu", tiny_backbone(), TASK, tmp_path, {**SMALL, "max_answer_tokens": 6})
+    users = [q.user_id for q in target.questions]
+    torch.manual_seed(1)
+    for user_id in users:  # large random adapters, so that each user's answers are their own
+        with torch.no_grad():
+            for n, p in oppu.model.named_parameters():
+                if "lora_" in n:
+                    p.normal_(0, 0.5)
+        oppu.save_user(user_id)
+    examples = oppu.question_examples(target)
+    stranger = oppu.builder.for_query("nobody", target.questions[0].input, target.questions[0].profile)
+    rows = [examples[0], examples[1], stranger, examples[1], examples[0]]
+    one_user_at_a_time = oppu.generate(rows, max_new_tokens=6)
+    assert one_user_at_a_time[0] != one_user_at_a_time[1] != one_user_at_a_time[2]  # the check can fail
+    assert oppu.generate_mixed(rows, max_new_tokens=6) == one_user_at_a_time
+    slots = set(oppu.model.peft_config)
+    assert oppu.generate_mixed(rows[::-1], max_new_tokens=6) == one_user_at_a_time[::-1]
+    assert set(oppu.model.peft_config) == slots  # slots are reused, not added per call
+
+
 def test_oppu_fit_resumes_users_trained_from_the_same_start_and_retrains_the_rest(sample, tmp_path, monkeypatch):
     target = subset(sample["test"], 2)
     users = sorted(q.user_id for q in target.questions)

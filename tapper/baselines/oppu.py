@@ -40,6 +40,7 @@ from tapper.train_loop import LoopResult, run_fingerprint, total_steps, train
 log = logging.getLogger(__name__)
 USERS_DIR = "users"
 ADAPTER_SUFFIX = ".safetensors"
+MIXED_SLOT = "mixed"  # name prefix of the adapter slots generate_mixed loads users into
 FIT_STAMP_KEY = "tapper_fit"  # safetensors metadata: what the adapter was trained from (see fit_stamp)
 
 
@@ -184,6 +185,30 @@ class OppuBaseline:
             for i, text in zip(rows, texts, strict=True):
                 out[i] = text
         return out
+
+    def generate_mixed(self, examples: list[Example], max_new_tokens: int | None = None) -> list[str]:
+        """Every row in one batch, each through its own user's LoRA (peft's mixed-adapter batch inference):
+        each distinct user's file is loaded into a named slot, and a user without a file gets no LoRA
+        ("__base__"), as in `generate`. Slots are reused across calls, so memory grows with the largest
+        number of distinct users in one batch, not with the users served."""
+        slot_of: dict[str, str] = {}
+        for e in examples:
+            if e.user_id in slot_of:
+                continue
+            path = self.user_file(e.user_id)
+            if not path.exists():
+                slot_of[e.user_id] = "__base__"
+                continue
+            slot = f"{MIXED_SLOT}{len(slot_of)}"
+            if slot not in self.model.peft_config:
+                self.model.add_adapter(slot, self.model.peft_config["default"])
+            set_peft_model_state_dict(self.model, load_file(str(path)), adapter_name=slot)
+            slot_of[e.user_id] = slot
+        self.model.set_adapter("default")  # add_adapter may leave a new slot active; routing is per row
+        self.model.eval()
+        return generate_batch(self.model, self.backbone.tokenizer, [e.prompt for e in examples], None,
+                              max_new_tokens or self.task.max_new_tokens, answers=self.config.answers(self.task),
+                              adapter_names=[slot_of[e.user_id] for e in examples])
 
     # -- persistence --------------------------------------------------------------------------------
 
