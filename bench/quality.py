@@ -358,18 +358,17 @@ def main() -> None:
     if "onboard" in wanted:
         budgets = ([int(b) for b in args.onboard_steps.split(",")] if args.onboard_steps
                    else [cfg.onboard_steps])
-        held_out: dict[str, VariantResult] = {}
+
+        # The known users' stage 2 reads every setting but the onboarding ones. It is kept on disk under their
+        # tag, so each result not kept yet costs only its own fits: a rerun that adds a budget runs that one.
+        known_tag = fingerprint({**{k: v for k, v in all_settings.items() if k not in ONBOARD_KEYS},
+                                 "onboard_users": args.onboard_users})
 
         def held_out_result(key: str) -> VariantResult:
-            if key not in held_out:  # one stage 2 on the known users gives every onboarding result
-                # the known users' stage 2 reads every setting but the onboarding ones: kept under their tag,
-                # so a rerun with other budgets only refits the new users
-                known_tag = fingerprint({**{k: v for k, v in all_settings.items() if k not in ONBOARD_KEYS},
-                                         "onboard_users": args.onboard_users})
-                held_out.update(onboard_held_out(get_tuned(), target, tcfg, cfg, runs / "onboard",
-                                                 args.onboard_users, budgets, history_inputs,
-                                                 known_dir=runs / "onboard" / f"known-{known_tag}"))
-            return held_out[key]
+            cold = key == "onboard-cold"
+            return onboard_held_out(get_tuned(), target, tcfg, cfg, runs / "onboard", args.onboard_users,
+                                    [] if cold else [int(key.removeprefix("onboard-"))], history_inputs,
+                                    known_dir=runs / "onboard" / f"known-{known_tag}", score_cold=cold)[key]
         for key in ["onboard-cold", *(f"onboard-{b}" for b in budgets)]:
             results.append(runner.get(key, lambda key=key: held_out_result(key)))
 
@@ -449,13 +448,13 @@ def compare(results: list[VariantResult], task: str, primary: str, higher_better
 
 def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Path, n_new: int,
                      budgets: list[int], history_inputs: dict[str, str] | None = None,
-                     known_dir: Path | None = None) -> dict[str, VariantResult]:
+                     known_dir: Path | None = None, score_cold: bool = True) -> dict[str, VariantResult]:
     """Stage 2 without n_new of the target users (at most half); those arrive later. Scored on them only:
     first as they arrive (no row: the mean row + P_q from their history, no training at all), then once per
     fit budget, after each is onboarded one P_u row (P_q, bridge and every other user frozen) fitted for
     that many steps from the mean row of the known users; train_seconds is the onboarding time per user.
-    Keys: "onboard-cold" and "onboard-<steps>". With known_dir, the known users' model is saved there after
-    stage 2 and loaded from there on a later call instead of being trained again."""
+    Keys: "onboard-cold" (unless not score_cold) and "onboard-<steps>". With known_dir, the known users' model
+    is saved there after stage 2 and loaded from there on a later call instead of being trained again."""
     import torch
 
     users = sorted({q.user_id for q in target.questions})
@@ -474,8 +473,10 @@ def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Pat
         train_prefixes(model, history_examples(builder, known, cfg.max_history_pairs), cfg, run_dir)
         if known_dir is not None:  # whole or not at all: the config file is what marks it usable
             atomic_replace_dir(known_dir, model.save_pretrained)
-    m, p, raw, s = evaluate_model(model, new, desc="new users, no fit")
-    out = {"onboard-cold": VariantResult(COLD, m, model.row_size, 0.0, s, p, raw)}
+    out = {}
+    if score_cold:
+        m, p, raw, s = evaluate_model(model, new, desc="new users, no fit")
+        out["onboard-cold"] = VariantResult(COLD, m, model.row_size, 0.0, s, p, raw)
     start = model.user_state.mean_row()  # of the known users: every budget starts from the same row
     for steps in budgets:
         began = time.perf_counter()
