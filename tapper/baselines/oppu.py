@@ -204,8 +204,7 @@ class OppuBaseline:
                 self.model.add_adapter(slot, self.model.peft_config["default"])
             set_peft_model_state_dict(self.model, load_file(str(path)), adapter_name=slot)
             slot_of[e.user_id] = slot
-        self.model.set_adapter("default")  # add_adapter may leave a new slot active; routing is per row
-        self.model.eval()
+        self.model.eval()  # peft refuses per-row adapter_names in training mode (train_user leaves it there)
         return generate_batch(self.model, self.backbone.tokenizer, [e.prompt for e in examples], None,
                               max_new_tokens or self.task.max_new_tokens, answers=self.config.answers(self.task),
                               adapter_names=[slot_of[e.user_id] for e in examples])
