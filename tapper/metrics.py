@@ -1,10 +1,22 @@
-"""LaMP's official metrics, plus bootstrap confidence intervals over questions.
+"""LaMP's official metrics (its `eval/evaluation.py`), plus bootstrap confidence intervals over questions.
 
-- classification (LaMP-1, LaMP-2, LaMP-2N): accuracy and macro-F1 over the task's fixed label set; a
-  prediction outside the label set is wrong for every label (it still counts in the F1 denominators).
-- regression (LaMP-3): MAE and RMSE; a prediction that is not a number in 1..5 is scored as the rating
-  farthest from the gold (LaMP maps it to 1 or 5, whichever is farther; a gold of 3 is 2 away from both).
-- generation (LaMP-4..7): ROUGE-1 and ROUGE-L F-measure with stemming, averaged over questions.
+- classification (LaMP-1, LaMP-2, LaMP-2N): accuracy and macro-F1 over the task's fixed label set, after
+  stripping whitespace; a prediction outside the label set is its own class that no gold has, so it is wrong
+  for every label (it still counts in the F1 denominators), and every label counts in the macro average,
+  a label no gold and no prediction has with F1 0.
+- regression (LaMP-3): MAE and RMSE. A prediction is parsed with `float()`, as LaMP does, and not clamped:
+  "7" against a gold of 5 is an error of 2, "4.5" keeps its value. A prediction that does not parse is
+  scored as the rating farthest from the gold (1 or 5; a gold of 3 goes to 5). Unlike LaMP, "nan" and "inf"
+  are treated as not parsing (LaMP's scorer, scikit-learn, stops with an error on them).
+- generation (LaMP-4..7): "rouge-1" and "rouge-L" are the F-measures the `evaluate` library's rouge metric
+  computes with LaMP's call: rouge-score's default tokenizer (lowercase, runs of a-z0-9), **no stemming**,
+  averaged over questions. "rouge-1-stemmed" and "rouge-L-stemmed" (`stemmed=True`) are the same with the
+  Porter stemmer, as tapper reported before; they score higher and are not LaMP's numbers.
+
+The average: `evaluate` aggregates with rouge-score's BootstrapAggregator and LaMP reports its "mid", the
+median of 1,000 unseeded bootstrap means. That value is random: on copy-input over the 1,000 LaMP-7 dev
+users it ranged 0.4634..0.4640 over 30 seeds, around the plain mean of 0.46371. tapper reports the plain mean
+of the per-question F-measures, the quantity the mid estimates, so a score is the same on every run.
 
 Scoring is split in two steps: every question is scored on its own once (`_score_questions`), then the
 per-question columns are aggregated over any multiset of questions (`_aggregate`). `evaluate` aggregates
@@ -21,21 +33,33 @@ from sklearn.metrics import f1_score
 
 from tapper.data.tasks import Task, get_task
 
-# Metric names per task kind, in the order reports show them.
+# Metric names per task kind, in the order reports show them: LaMP's own.
 METRIC_NAMES = {
     "classification": ("accuracy", "f1"),
     "regression": ("mae", "rmse"),
     "generation": ("rouge-1", "rouge-L"),
 }
+# Offered beside LaMP's ROUGE on request (stemmed=True), never in its place.
+STEMMED_METRIC_NAMES = ("rouge-1-stemmed", "rouge-L-stemmed")
 RATING_MIN, RATING_MAX = 1.0, 5.0
 
 Columns = dict[str, np.ndarray]
 
 
-def evaluate(task: str | Task, golds: Mapping[str, str], preds: Mapping[str, str]) -> dict[str, float]:
-    """Score predictions against golds, both keyed by question id; every id must be in both."""
+def metric_names(task: str | Task, stemmed: bool = False) -> tuple[str, ...]:
+    """The names `evaluate` returns for a task, in order; `stemmed` adds the stemmed ROUGE (generation)."""
+    kind = _as_task(task).metric
+    extra = STEMMED_METRIC_NAMES if stemmed and kind == "generation" else ()
+    return METRIC_NAMES[kind] + extra
+
+
+def evaluate(
+    task: str | Task, golds: Mapping[str, str], preds: Mapping[str, str], *, stemmed: bool = False
+) -> dict[str, float]:
+    """Score predictions against golds, both keyed by question id; every id must be in both.
+    `stemmed`: also the stemmed ROUGE variants (generation tasks; no effect on others)."""
     task = _as_task(task)
-    columns = _score_questions(task, golds, preds)
+    columns = _score_questions(task, golds, preds, stemmed)
     return _aggregate(task, columns, np.arange(len(golds)))
 
 
@@ -47,6 +71,7 @@ def bootstrap_ci(
     n: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    stemmed: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval of each metric, resampling questions with replacement."""
     if n < 1:
@@ -54,10 +79,10 @@ def bootstrap_ci(
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     task = _as_task(task)
-    columns = _score_questions(task, golds, preds)
+    columns = _score_questions(task, golds, preds, stemmed)
     size = len(golds)
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {name: [] for name in METRIC_NAMES[task.metric]}
+    draws: dict[str, list[float]] = {name: [] for name in metric_names(task, stemmed)}
     for _ in range(n):
         for name, value in _aggregate(task, columns, rng.integers(0, size, size)).items():
             draws[name].append(value)
@@ -93,13 +118,16 @@ def _some(ids: list[str], limit: int = 10) -> str:
     return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
-def _score_questions(task: Task, golds: Mapping[str, str], preds: Mapping[str, str]) -> Columns:
+def _score_questions(task: Task, golds: Mapping[str, str], preds: Mapping[str, str], stemmed: bool) -> Columns:
     ids = _check_ids(golds, preds)
     if task.metric == "classification":
         return _label_columns(task, ids, golds, preds)
     if task.metric == "regression":
         return _rating_columns(ids, golds, preds)
-    return _rouge_columns(ids, golds, preds)
+    columns = _rouge_columns(ids, golds, preds, use_stemmer=False, suffix="")
+    if stemmed:
+        columns |= _rouge_columns(ids, golds, preds, use_stemmer=True, suffix="-stemmed")
+    return columns
 
 
 def _aggregate(task: Task, columns: Columns, idx: np.ndarray) -> dict[str, float]:
@@ -113,10 +141,8 @@ def _aggregate(task: Task, columns: Columns, idx: np.ndarray) -> dict[str, float
     if task.metric == "regression":
         error = columns["pred"][idx] - columns["gold"][idx]
         return {"mae": float(np.mean(np.abs(error))), "rmse": float(math.sqrt(np.mean(error**2)))}
-    return {
-        "rouge-1": float(np.mean(columns["rouge1"][idx])),
-        "rouge-L": float(np.mean(columns["rougeL"][idx])),
-    }
+    # Generation: every column is a per-question F-measure named after its metric.
+    return {name: float(np.mean(values[idx])) for name, values in columns.items()}
 
 
 def _label_columns(task: Task, ids: list[str], golds: Mapping[str, str], preds: Mapping[str, str]) -> Columns:
@@ -137,12 +163,13 @@ def _label_columns(task: Task, ids: list[str], golds: Mapping[str, str], preds: 
 
 
 def parse_rating(text: str) -> float | None:
-    """The rating a text states, if it is a plain number in 1..5 ("4", " 4.0 "); otherwise None."""
+    """The number a text is, parsed as LaMP parses a rating (`float()` after stripping), not clamped to
+    1..5 ("7" is 7.0, "0" is 0.0); None when it is not a finite number ("4 stars", "nan")."""
     try:
         value = float(text.strip())
     except ValueError:
         return None
-    return value if RATING_MIN <= value <= RATING_MAX else None
+    return value if math.isfinite(value) else None
 
 
 def _farthest_rating(gold: float) -> float:
@@ -154,7 +181,7 @@ def _rating_columns(ids: list[str], golds: Mapping[str, str], preds: Mapping[str
     gold, pred = [], []
     for qid in ids:
         g = parse_rating(golds[qid])
-        if g is None:
+        if g is None or not RATING_MIN <= g <= RATING_MAX:
             raise ValueError(f"gold output of question {qid!r} is {golds[qid]!r}, not a rating in 1..5")
         p = parse_rating(preds[qid])
         gold.append(g)
@@ -162,13 +189,17 @@ def _rating_columns(ids: list[str], golds: Mapping[str, str], preds: Mapping[str
     return {"gold": np.array(gold), "pred": np.array(pred)}
 
 
-def _rouge_columns(ids: list[str], golds: Mapping[str, str], preds: Mapping[str, str]) -> Columns:
+def _rouge_columns(
+    ids: list[str], golds: Mapping[str, str], preds: Mapping[str, str], *, use_stemmer: bool, suffix: str
+) -> Columns:
     from rouge_score.rouge_scorer import RougeScorer
 
-    scorer = RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    # LaMP strips both texts and passes each gold as a one-reference list (score_multi over one reference
+    # is score); the default tokenizer drops the surrounding whitespace anyway.
+    scorer = RougeScorer(["rouge1", "rougeL"], use_stemmer=use_stemmer)
     rouge1, rougel = [], []
     for qid in ids:
-        scores = scorer.score(golds[qid], preds[qid])  # (target, prediction)
+        scores = scorer.score(golds[qid].strip(), preds[qid].strip())  # (target, prediction)
         rouge1.append(scores["rouge1"].fmeasure)
         rougel.append(scores["rougeL"].fmeasure)
-    return {"rouge1": np.array(rouge1), "rougeL": np.array(rougel)}
+    return {f"rouge-1{suffix}": np.array(rouge1), f"rouge-L{suffix}": np.array(rougel)}

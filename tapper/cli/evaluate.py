@@ -1,4 +1,5 @@
-"""`tapper eval`: score a LaMP predictions file against its golds with LaMP's official metrics."""
+"""`tapper eval`: score a LaMP predictions file against its golds with LaMP's official metrics
+(tapper.metrics: ROUGE without stemming, as LaMP's evaluation; `--stemmed` adds the stemmed variants)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ def eval_command(
     ci: Annotated[
         bool, typer.Option("--ci", help=f"Add 95% bootstrap intervals ({BOOTSTRAP_SAMPLES} resamples).")
     ] = False,
+    stemmed: Annotated[
+        bool,
+        typer.Option("--stemmed", help="Generation tasks: add rouge-1-stemmed / rouge-L-stemmed (not LaMP's)."),
+    ] = False,
 ) -> None:
-    """Score predictions with LaMP's metrics (accuracy/F1, MAE/RMSE or ROUGE-1/ROUGE-L F)."""
+    """Score predictions with LaMP's metrics (accuracy/F1, MAE/RMSE or unstemmed ROUGE-1/ROUGE-L F)."""
     from tapper.data.lamp_io import LampFormatError, read_golds, write_json_atomic
     from tapper.data.tasks import get_task
     from tapper.metrics import bootstrap_ci, evaluate
@@ -36,9 +41,11 @@ def eval_command(
         scored_task = get_task(task or gold_task)
         if task is None and _known(pred_task) != _known(gold_task):
             raise ValueError(f"{preds}: task {pred_task!r} differs from {golds}'s {gold_task!r} (pass --task)")
-        scores = evaluate(scored_task, gold_outputs, pred_outputs)
+        scores = evaluate(scored_task, gold_outputs, pred_outputs, stemmed=stemmed)
         intervals = (
-            bootstrap_ci(scored_task, gold_outputs, pred_outputs, n=BOOTSTRAP_SAMPLES) if ci else None
+            bootstrap_ci(scored_task, gold_outputs, pred_outputs, n=BOOTSTRAP_SAMPLES, stemmed=stemmed)
+            if ci
+            else None
         )
     except (LampFormatError, OSError) as err:
         _fail(str(err))
