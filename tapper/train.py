@@ -277,7 +277,7 @@ def builder_for(model_or_backbone: TapperModel | Backbone, tcfg: TapperConfig,
         backbone = Backbone(model=model_or_backbone.hf_model, tokenizer=model_or_backbone.tokenizer,
                             name=model_or_backbone.backbone_name)
     return ExampleBuilder(get_task(tcfg.task), backbone, tcfg.top_k, tcfg.retriever, tcfg.max_input_tokens,
-                          history_inputs)
+                          history_inputs, tcfg.max_query_tokens, tcfg.max_record_tokens)
 
 
 def train_tapper(

@@ -22,7 +22,7 @@ from tapper.data.sample import load_sample
 
 TASK = "LaMP_3"
 # Short inputs keep the byte-level tiny model fast; two pairs per user and batch 2 give one step per user.
-SMALL = {"show_progress": False, "max_history_pairs": 2, "batch_size": 2, "max_input_tokens": 48}
+SMALL = {"show_progress": False, "max_history_pairs": 2, "batch_size": 2, "max_input_tokens": 192}
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +255,7 @@ def test_cli_runs_a_baseline_end_to_end(sample, tmp_path):
     out = tmp_path / "rag"
     common = ["--task", TASK, "--questions", str(questions), "--model", "tiny"]
     result = runner.invoke(app, ["baseline", "rag", *common, "--outputs", str(outputs), "--out", str(out),
-                                 "--set", "k=2", "--set", "max_input_tokens=48"])
+                                 "--set", "k=2", "--set", "max_input_tokens=192"])
     assert result.exit_code == 0, result.output
     assert "mae" in result.output and (out / "predictions.json").is_file() and (out / "scores.json").is_file()
     assert RagBaseline.load(out, tiny_backbone()).config.k == 2

@@ -37,7 +37,7 @@ def test_rewrites_are_cached_and_replace_the_template(tiny_backbone, tmp_path, m
 
     builder = ExampleBuilder(TASK, tiny_backbone, top_k=2, history_inputs=inputs)
     exs = builder.from_history("0", split().questions[0].profile, max_pairs=2)
-    assert [e.query for e in exs] == [inputs["0_2"], inputs["0_3"]]
+    assert [e.input for e in exs] == [inputs["0_2"], inputs["0_3"]]
     assert [e.answer for e in exs] == ["omg tweet 0 2 lol", "omg tweet 0 3 lol"]  # the user's own words
 
 

@@ -51,7 +51,7 @@ class RagBaseline:
         builder's (the one rule every method shares), so the records are rendered after it ran."""
         tok = self.backbone.tokenizer
         records = [truncate_record(r, tok, self.config.max_record_tokens) for r in example.records]
-        text = self.profile_text(example) + self.task.rag_prompt(example.query, records)
+        text = self.profile_text(example) + self.task.rag_prompt(example.input, records)
         return replace(example, prompt=self.backbone.format_prompt(text))
 
     def question_examples(self, split: LampSplit) -> list[Example]:

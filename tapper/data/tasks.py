@@ -48,6 +48,23 @@ class Task:
     # the text that BM25 and the embedding means see for a record
     record_key: Callable[[ProfileItem], str]
     max_new_tokens: int
+    # Where the instruction ends and the content (review, article, tweet...) begins in a query input:
+    # prompts are cut in the content only, and retrieval and z_q read the content alone. None: no marker
+    # (the whole input is content).
+    content_marker: str | None = None
+    # The record field that is cut when a rendered record is over its budget (the label is never cut).
+    record_content_field: str | None = None
+
+    def split_input(self, text: str) -> tuple[str, str] | None:
+        """(instruction, content) of a query input, split after the first content marker; None when the
+        input does not carry the marker (a user's own template)."""
+        if self.content_marker is None:
+            return "", text
+        at = text.find(self.content_marker)
+        if at < 0:
+            return None
+        cut = at + len(self.content_marker)
+        return text[:cut], text[cut:]
 
     def history_pair(self, item: ProfileItem) -> tuple[str, str] | None:
         if self.history_input is None or self.history_output_field is None:
@@ -114,6 +131,7 @@ register(Task(
     record_prompt=lambda r: f"the tag for the movie: {_quote(r.get('description', ''))} is {_quote(r.get('tag', ''))}",
     record_key=lambda r: str(r.get("description", "")),
     max_new_tokens=6,
+    content_marker="description: ", record_content_field="description",
 ))
 register(Task(
     name="LaMP_2N", description="personalized news categorization",
@@ -127,6 +145,7 @@ register(Task(
     record_prompt=lambda r: f"the category for the article: {_quote(_text(r))} is {_quote(r.get('category', ''))}",
     record_key=lambda r: f"{r.get('title', '')} {_text(r)}".strip(),
     max_new_tokens=6,
+    content_marker="article: ", record_content_field="text",
 ))
 register(Task(
     name="LaMP_3", description="personalized product rating",
@@ -139,6 +158,7 @@ register(Task(
     record_prompt=lambda r: f"{r.get('score', '')} is the score for {_quote(_text(r))}",
     record_key=_text,
     max_new_tokens=2,
+    content_marker="review: ", record_content_field="text",
 ))
 register(Task(
     name="LaMP_4", description="personalized news headline generation",
@@ -148,6 +168,7 @@ register(Task(
     record_prompt=lambda r: f"{_quote(r.get('title', ''))} is the title for {_quote(_text(r))}",
     record_key=lambda r: f"{r.get('title', '')} {_text(r)}".strip(),
     max_new_tokens=24,
+    content_marker="article: ", record_content_field="text",
 ))
 register(Task(
     name="LaMP_5", description="personalized scholarly title generation",
@@ -157,6 +178,7 @@ register(Task(
     record_prompt=lambda r: f"{_quote(r.get('title', ''))} is the title for {_quote(r.get('abstract', ''))}",
     record_key=lambda r: f"{r.get('title', '')} {r.get('abstract', '')}".strip(),
     max_new_tokens=24,
+    content_marker="paper: ", record_content_field="abstract",
 ))
 register(Task(
     name="LaMP_6", description="personalized email subject generation",
@@ -166,6 +188,7 @@ register(Task(
     record_prompt=lambda r: f"{_quote(r.get('title', ''))} is the title for {_quote(_text(r))}",
     record_key=lambda r: f"{r.get('title', '')} {_text(r)}".strip(),
     max_new_tokens=16,
+    content_marker="email: ", record_content_field="text",
 ))
 register(Task(
     name="LaMP_7", description="personalized tweet paraphrasing",
@@ -179,6 +202,7 @@ register(Task(
     record_prompt=lambda r: _quote(_text(r)),
     record_key=_text,
     max_new_tokens=40,
+    content_marker="before or after it: ", record_content_field="text",
 ))
 
 

@@ -34,8 +34,12 @@ class TapperConfig:
     # as the embeddings of this text's tokens: a prefix that begins as real words is read by the frozen LM
     # from step one, where P_u + P_q alone begin as small random vectors that the bridge must learn to read.
     anchor_text: str | None = None
-    max_record_tokens: int = 48  # tokens of a record that its embedding mean sees
-    max_input_tokens: int = 192  # the query text is cut to this before the prompt template
+    # Token budgets (tapper.examples says where each is cut): the prompt's task input (instruction kept
+    # whole, content cut), the retrieval query that BM25 and z_q read (content only), and each record as
+    # P_q embeds it (its record template, the answer kept). 128 and 128 are the reference's.
+    max_input_tokens: int = 192
+    max_query_tokens: int = 128
+    max_record_tokens: int = 128
     max_answer_tokens: int = 48
     constrain_answers: bool = False  # closed-label tasks: greedy decoding within the task's labels
 

@@ -73,7 +73,9 @@ class TapperModel(nn.Module):
         if not texts:
             return torch.zeros(0, self.hidden, device=self.device)
         enc = self.tokenizer(
-            texts, add_special_tokens=False, truncation=True, max_length=self.config.max_record_tokens,
+            # the texts come cut to their budgets (tapper.examples); this only bounds a caller's own text
+            texts, add_special_tokens=False, truncation=True,
+            max_length=max(self.config.max_query_tokens, self.config.max_record_tokens),
             padding=True, return_tensors="pt",
         ).to(self.device)
         mask = enc["attention_mask"].unsqueeze(-1).to(emb.weight.dtype)

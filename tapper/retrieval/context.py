@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tapper.data.records import ProfileItem
@@ -39,8 +40,10 @@ def build_context(
     k: int,
     retriever: Retriever,
     query_day: float | None = None,
+    render: Callable[[ProfileItem], str] | None = None,
 ) -> RecordContext:
-    """The one selection rule, for training and inference: top-k of history[:end] against `query`."""
+    """The one selection rule, for training and inference: top-k of history[:end] against `query`.
+    `render` turns a selected record into the text P_q embeds (default: the task's record template)."""
     picked = select_before(query, history, end, k, task.record_key, retriever)
     ref = reference_day(history, end, query_day)
     ctx = RecordContext()
@@ -49,7 +52,7 @@ def build_context(
         ctx.record_ids.append(item.id)
         # The record's answer (score, title, label) is part of what is embedded: P_q must be able to see
         # how this user answered before, not only what the records were about.
-        ctx.record_texts.append(task.record_prompt(item))
+        ctx.record_texts.append((render or task.record_prompt)(item))
         days = ref - item.day if (ref is not None and item.day is not None) else math.nan
         ctx.undated += math.isnan(days)
         ctx.days_back.append(days)
