@@ -76,7 +76,11 @@ def task_defaults(task: str) -> tuple[dict, dict]:
 
 def resolve_configs(task: str, model_overrides: dict | None = None, train_overrides: dict | None = None
                     ) -> tuple[TapperConfig, TrainConfig]:
-    """Dataclass defaults < the task's config file < explicit overrides (e.g. from the command line)."""
+    """Dataclass defaults < the task's config file < explicit overrides (e.g. from the command line).
+    Every value must be of its field's type (tapper.settings.check_settings): a SettingError (ValueError)
+    names the key, the value and what it takes."""
+    from tapper.settings import check_settings
+
     model_defaults, train_defaults = task_defaults(task)
     m = {**model_defaults, **(model_overrides or {}), "task": get_task(task).name}
     t = {**train_defaults, **(train_overrides or {})}
@@ -84,6 +88,7 @@ def resolve_configs(task: str, model_overrides: dict | None = None, train_overri
         unknown = set(given) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown {cls.__name__} option(s): {sorted(unknown)}")
+        check_settings(cls, given)  # a value of the wrong type (use_bridge="no") is an error naming it
     return TapperConfig(**m), TrainConfig(**t)
 
 

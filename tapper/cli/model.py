@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -11,33 +12,35 @@ import typer
 Opt = typer.Option
 
 
-def parse_overrides(items: list[str] | None) -> dict:
-    """`--set key=value` pairs; values are JSON when they parse as JSON, strings otherwise."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def split_overrides(overrides: dict) -> tuple[dict, dict]:
-    from dataclasses import fields
-
+def _config_classes() -> tuple[type, type]:
     from tapper.prefix.config import TapperConfig
     from tapper.train import TrainConfig
 
-    model_keys = {f.name for f in fields(TapperConfig)}
-    train_keys = {f.name for f in fields(TrainConfig)}
-    unknown = set(overrides) - model_keys - train_keys
-    if unknown:
-        raise typer.BadParameter(f"unknown option(s) {sorted(unknown)}")
-    return ({k: v for k, v in overrides.items() if k in model_keys},
-            {k: v for k, v in overrides.items() if k in train_keys})
+    return TapperConfig, TrainConfig
+
+
+def parse_overrides(items: list[str] | None, classes: Sequence[type] | None = None) -> dict:
+    """`--set key=value` pairs, each value parsed by its field's type in `classes` (default: TapperConfig,
+    TrainConfig; see tapper.settings); a bad key or value is a BadParameter that names it."""
+    from tapper.settings import SettingError
+    from tapper.settings import parse_overrides as parse_typed
+
+    try:
+        return parse_typed(items, classes or _config_classes())
+    except SettingError as err:
+        raise typer.BadParameter(str(err), param_hint="--set") from None
+
+
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+    """(TapperConfig overrides, TrainConfig overrides); a key of neither is a BadParameter."""
+    from tapper.settings import SettingError
+    from tapper.settings import split_overrides as split_typed
+
+    try:
+        model, train = split_typed(overrides, _config_classes())
+    except SettingError as err:
+        raise typer.BadParameter(str(err), param_hint="--set") from None
+    return model, train
 
 
 def _fail(message: str) -> None:
