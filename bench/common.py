@@ -1,5 +1,6 @@
 """Shared result writing for the benchmarks: JSON + Markdown table + PNG plot, each stamped with the exact
-command line, the commit, the machine and the wall time, written atomically into results/."""
+command line, the commit, the hash of the tapper source, the machine and the wall time, written atomically
+into results/."""
 
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def tapper_source() -> str:
+    """The hash of the tapper package's .py and .json files that ran (tapper.settings.source_hash): unlike the
+    commit, it also tells apart runs of uncommitted code; bench/quality's kept-result tags include it."""
+    from tapper.settings import source_hash
+
+    return source_hash()
 
 
 def machine() -> dict[str, Any]:
@@ -102,7 +111,7 @@ class Result:
         out_dir.mkdir(parents=True, exist_ok=True)
         wall = time.time() - self.started
         stamp = {
-            "command": command_line(), "commit": git_commit(), "machine": machine(),
+            "command": command_line(), "commit": git_commit(), "tapper_source": tapper_source(), "machine": machine(),
             "finished_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"), "wall_seconds": round(wall, 1),
         }
         payload = {"benchmark": self.name, "title": self.title, **stamp, **self.data}

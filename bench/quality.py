@@ -46,7 +46,6 @@ from tapper.backbone import Backbone, load_backbone
 from tapper.baselines.common import make_baseline, run_baseline
 from tapper.baselines.floors import floors
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
-from tapper.cli.model import parse_overrides, split_overrides
 from tapper.data.builders import BUILDERS
 from tapper.data.lamp_io import read_split
 from tapper.data.records import LampSplit, Question
@@ -63,8 +62,10 @@ from tapper.experiment import (
 from tapper.history_inputs import rewrite_history_inputs
 from tapper.io_utils import atomic_replace_dir, atomic_write_text
 from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
+from tapper.prefix.config import TapperConfig
 from tapper.prefix.model import CONFIG_NAME, TapperModel
-from tapper.train import builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
+from tapper.settings import SettingError, parse_overrides, source_hash, split_overrides
+from tapper.train import TrainConfig, builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
 from tapper.train_loop import ROW_SPARSE_OPTIMIZER
 
 SOURCES = {
@@ -157,13 +158,17 @@ WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu",
 
 
 # Options added after results were kept: at these values they change nothing, so they are left out of the
-# fingerprint and the results kept before them stay valid.
+# settings a fingerprint hashes. (The fingerprint also hashes the package source, so results kept before any
+# code change are run again all the same.)
 NEUTRAL_DEFAULTS = {"anchor_text": None, "constrain_answers": False}
 
 
 def fingerprint(settings: dict) -> str:
+    """The tag of what made a kept result: its settings and the tapper source that ran them (every .py and
+    .json of the package, tapper.settings.source_hash), so a code change is never mistaken for a match."""
     settings = {k: v for k, v in settings.items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    payload = {"settings": settings, "tapper_source": source_hash()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def method_fingerprint(key: str, settings: dict) -> str:
@@ -226,7 +231,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="ignore results kept from an earlier run")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="model or train config override (JSON value), for every method; repeatable")
+                    help="model or train config override, parsed by the field's type, for every method; "
+                         "repeatable")
     ap.add_argument("--rewrite-history", action="store_true",
                     help="LaMP-7: stage-2 pairs are (filtered backbone rewrite of a history tweet -> the tweet)")
     ap.add_argument("--val-users", type=int, default=0,
@@ -243,6 +249,11 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     task = get_task(args.task).name
+    try:  # each value parsed by its field's type: use_bridge=no is False, prefix_len=abc an error
+        model_over, train_over = split_overrides(parse_overrides(args.overrides, (TapperConfig, TrainConfig)),
+                                                 (TapperConfig, TrainConfig))
+    except SettingError as err:
+        ap.error(f"--set: {err}")
     wanted = CORE if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     unknown = sorted(set(wanted) - set(CORE) - set(ABLATIONS))
     if unknown:
@@ -260,7 +271,6 @@ def main() -> None:
         target, others, pool, data_info = built_users(task, args.users, args.stage1_users, args.seed,
                                                       args.min_profile)
     golds = target.golds or {}
-    model_over, train_over = split_overrides(parse_overrides(args.overrides))
     tcfg, cfg = resolve_configs(task, {"backbone": args.backbone, **model_over}, {"seed": args.seed, **train_over})
     # the peers' harness settings come from the same resolved configs, so --set reaches every method
     shared = {"seed": cfg.seed, "max_history_pairs": cfg.max_history_pairs, "stage2_epochs": cfg.stage2_epochs,

@@ -265,11 +265,13 @@ def _plural(words: str) -> str:
 # -- source hash ------------------------------------------------------------------------------------------
 
 SOURCE_SUFFIXES = (".py", ".json")
+PACKAGE_ROOT = Path(__file__).resolve().parent  # the installed tapper package
 
 
 def source_hash(root: str | Path | None = None) -> str:
     """sha256 (first 16 hex digits) over the sorted relative paths and bytes of every .py and .json file
-    under `root` (default: the installed `tapper` package). Caches (__pycache__) are not read."""
+    under `root` (default: the installed `tapper` package, hashed once per process: the code that runs is
+    the code loaded at its start). Caches (__pycache__) are not read."""
     if root is None:
         return _package_source_hash()
     return _hash_tree(Path(root))
@@ -277,7 +279,7 @@ def source_hash(root: str | Path | None = None) -> str:
 
 @cache
 def _package_source_hash() -> str:
-    return _hash_tree(Path(__file__).resolve().parent)
+    return _hash_tree(PACKAGE_ROOT)
 
 
 def _hash_tree(root: Path) -> str:

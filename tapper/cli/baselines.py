@@ -31,6 +31,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def config_class(method: str) -> type:
+    """The dataclass a method's `--set` keys are fields of (their types parse the values)."""
+    from tapper.baselines.oppu import OppuConfig
+    from tapper.baselines.pag import PagConfig
+    from tapper.baselines.perpcs import PerPcsConfig
+    from tapper.baselines.pplug import PPlugConfig
+    from tapper.baselines.rag import RagConfig
+
+    return {"rag": RagConfig, "pag": PagConfig, "oppu": OppuConfig, "perpcs": PerPcsConfig,
+            "pplug": PPlugConfig}[method]
+
+
 def _read(questions: Path, outputs: Path | None, task: str):
     from tapper.data.lamp_io import LampFormatError, read_split
 
@@ -47,16 +59,20 @@ def run_command(
 ) -> None:
     from tapper.backbone import load_backbone
     from tapper.baselines.common import make_baseline, run_baseline, task_tuned_backbone
-    from tapper.cli.model import parse_overrides
     from tapper.data.lamp_io import write_outputs
     from tapper.data.records import LampSplit
     from tapper.data.tasks import get_task
     from tapper.io_utils import atomic_write_text
+    from tapper.settings import SettingError, parse_overrides
 
     try:
         task = get_task(task).name
     except KeyError as e:
         _fail(str(e.args[0]))
+    try:  # before any model loads: a typo in --set costs nothing
+        overrides = parse_overrides(set_, (config_class(method),))
+    except SettingError as e:
+        _fail(f"--set: {e}")
     target = _read(questions, outputs, task)
     if max_users:
         target = LampSplit(target.task, target.questions[:max_users],
@@ -82,7 +98,7 @@ def run_command(
     backbone = load_backbone(model, device=device)
     tuned = task_tuned_backbone(backbone, task, out, stage1, task_adapter)
     try:
-        method_obj = make_baseline(method, tuned, task, out, parse_overrides(set_),
+        method_obj = make_baseline(method, tuned, task, out, overrides,
                                    summarizer=backbone if method == "pag" else None)
     except (KeyError, ValueError) as e:
         _fail(str(e.args[0]) if e.args else str(e))
