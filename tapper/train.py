@@ -43,16 +43,23 @@ class TrainConfig:
 
     seed: int = 0
     batch_size: int = 8
-    stage1_lr: float = 3e-4
-    stage1_epochs: float = 1.0
+    # Stage 1 follows the reference recipe: several epochs over the other users' questions and their
+    # history pairs, 10% warmup, linear decay, clipping (below, shared by every stage).
+    stage1_lr: float = 1e-4
+    stage1_epochs: float = 3.0
     stage1_max_examples: int | None = None
-    stage1_history_pairs: int = 0  # per other user: their latest history pairs join their questions in stage 1
+    stage1_history_pairs: int = 4  # per other user: their latest history pairs join their questions in stage 1
     stage2_lr: float = 1e-3  # P_q and the bridge LoRA
-    user_lr: float = 3e-3  # P_u rows (no momentum): chosen on 60 held-out LaMP-7 users (results/selection)
+    user_lr: float = 3e-3  # P_u rows (RowAdam: per-row steps and moments)
     stage2_epochs: float = 2.0
     max_history_pairs: int | None = 16  # per user, most recent first
-    onboard_steps: int = 30
-    onboard_lr: float = 5e-2
+    warmup_ratio: float = 0.1  # every stage: linear warmup over this share of its steps, then linear decay
+    weight_decay: float = 0.01  # AdamW's, on the shared weights (never on user rows)
+    max_grad_norm: float = 0.3
+    # Onboarding fits one row with the row optimizer of stage 2, at the rows' own rate, for about as many
+    # updates as a row gets in stage 2 (stage2_epochs x its pairs in one batch each).
+    onboard_steps: int = 16
+    onboard_lr: float = 3e-3
     checkpoint_every: int = 25
     show_progress: bool = True
 
@@ -95,7 +102,8 @@ def resolve_configs(task: str, model_overrides: dict | None = None, train_overri
 def _loop(cfg: TrainConfig, lr: float, epochs: float = 1.0, max_steps: int | None = None) -> LoopConfig:
     return LoopConfig(
         lr=lr, epochs=epochs, max_steps=max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
-        checkpoint_every=cfg.checkpoint_every, show_progress=cfg.show_progress,
+        weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, decay="linear",
+        max_grad_norm=cfg.max_grad_norm, checkpoint_every=cfg.checkpoint_every, show_progress=cfg.show_progress,
     )
 
 
@@ -130,7 +138,8 @@ def history_examples(builder: ExampleBuilder, split: LampSplit, max_pairs: int |
 
 STAGE1_STAMP = "tapper_stage1.json"  # beside the adapter: what it was trained from
 STAGE1_MODEL_KEYS = ("task_lora_r", "task_lora_alpha", "task_lora_dropout", "lora_targets", "max_answer_tokens")
-STAGE1_TRAIN_KEYS = ("seed", "batch_size", "stage1_lr", "stage1_epochs")
+STAGE1_TRAIN_KEYS = ("seed", "batch_size", "stage1_lr", "stage1_epochs", "warmup_ratio", "weight_decay",
+                     "max_grad_norm")
 
 
 def stage1_fingerprint(backbone: Backbone, examples: list[Example], tcfg: TapperConfig, cfg: TrainConfig) -> str:
@@ -253,7 +262,7 @@ def fit_user_row(
         loop = _loop(cfg, cfg.onboard_lr, max_steps=steps)
         loop.checkpoint_every = 0
         loop.show_progress = False
-        train(holder, examples, loss_fn, loop, desc="onboard", on_step=progress)
+        train(holder, examples, loss_fn, loop, row_sparse=[holder.row], desc="onboard", on_step=progress)
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -1,5 +1,9 @@
-"""The one training loop every method shares: seeded order, AdamW, answer-token loss, progress with
-loss and tokens/s, and atomic checkpoints that a killed run resumes from."""
+"""The one training loop every method shares: seeded order, AdamW (RowAdam for per-user tables), warmup
+and linear decay, clipping, progress with loss and tokens/s, and atomic checkpoints that a killed run
+resumes from.
+
+Checkpoints hold tensors in safetensors and everything else in JSON: nothing in a run directory is ever
+unpickled, so a planted file cannot run code when a run resumes."""
 
 from __future__ import annotations
 
@@ -20,15 +24,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tapper.io_utils import atomic_write_text, atomic_write_with
+from tapper.row_adam import RowAdam
 
 log = logging.getLogger(__name__)
-ROW_SPARSE_BETAS = (0.0, 0.999)
-ROW_SPARSE_OPTIMIZER = f"AdamW, betas {ROW_SPARSE_BETAS}"  # how row_sparse tables train (recorded with results)
+ROW_SPARSE_OPTIMIZER = "RowAdam (per-row steps and moments), betas (0.9, 0.999)"  # recorded with results
 T = TypeVar("T")
 LossFn = Callable[[list[T]], tuple[torch.Tensor, int]]  # batch -> (mean loss, tokens it covered)
 
 CKPT_PARAMS = "trainable.safetensors"
-CKPT_OPTIM = "optimizer.pt"
+CKPT_OPTIM = "optimizer.safetensors"  # optimizer tensors; their structure and the RNG state are in CKPT_STATE
 CKPT_STATE = "trainer_state.json"
 
 
@@ -38,8 +42,9 @@ class LoopConfig:
     epochs: float = 1.0  # fractional epochs allowed; max_steps wins when set
     max_steps: int | None = None
     batch_size: int = 8
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    weight_decay: float = 0.0  # AdamW's, on the dense parameters (never on per-user rows)
+    warmup_ratio: float = 0.0  # share of the steps over which the lr rises linearly from ~0
+    decay: str = "constant"  # after warmup: "constant" or "linear" (to 0 at the last step)
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 0  # 0: no checkpoints
@@ -65,6 +70,18 @@ def total_steps(n_examples: int, cfg: LoopConfig) -> int:
         return cfg.max_steps
     per_epoch = max(1, -(-n_examples // cfg.batch_size))
     return max(1, round(per_epoch * cfg.epochs))
+
+
+def lr_factor(step: int, steps: int, cfg: LoopConfig) -> float:
+    """The learning-rate multiplier at a 0-based step: linear warmup, then constant or linear decay."""
+    if cfg.decay not in ("constant", "linear"):
+        raise ValueError(f"decay must be 'constant' or 'linear', not {cfg.decay!r}")
+    warm = round(steps * cfg.warmup_ratio)
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    if cfg.decay == "linear":
+        return max(0.0, (steps - step) / max(1, steps - warm))
+    return 1.0
 
 
 def batch_order(n_examples: int, steps: int, cfg: LoopConfig) -> list[list[int]]:
@@ -104,19 +121,52 @@ def run_fingerprint(module: nn.Module, named: dict[str, nn.Parameter], examples:
     return h.hexdigest()[:16]
 
 
-def _save_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch.optim.Optimizer, schedule,
-                     step: int, losses: list[float], tokens: int, fingerprint: str) -> None:
+def _flatten(obj, prefix: str, tensors: dict[str, torch.Tensor]):
+    """obj with every tensor moved into `tensors` (replaced by its key): the rest is plain JSON."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_flatten(k, f"{prefix}.k{i}", tensors), _flatten(v, f"{prefix}.{i}", tensors)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint state holds a {type(obj).__name__} at {prefix}: not JSON or a tensor")
+
+
+def _unflatten(obj, tensors: dict[str, torch.Tensor]):
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__tuple__" in obj:
+            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+        raise ValueError(f"unexpected object in checkpoint state: {sorted(obj)}")
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def _save_checkpoint(directory: Path, named: dict[str, nn.Parameter], optims: list[torch.optim.Optimizer],
+                     schedules: list, step: int, losses: list[float], tokens: int, fingerprint: str) -> None:
     tensors = {n: p.detach().cpu().contiguous() for n, p in named.items()}
     atomic_write_with(directory / CKPT_PARAMS, lambda p: save_file(tensors, str(p)))
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    atomic_write_with(directory / CKPT_OPTIM, lambda p: torch.save(
-        {"optimizer": opt.state_dict(), "schedule": schedule.state_dict(), "rng": rng}, p))
+    extra: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    layout = _flatten({"optimizers": [o.state_dict() for o in optims],
+                       "schedules": [s.state_dict() for s in schedules]}, "opt", extra)
+    atomic_write_with(directory / CKPT_OPTIM, lambda p: save_file(extra, str(p)))
     # The state file goes last: it names a step only once everything for that step is on disk.
-    state = {"step": step, "losses": losses, "tokens": tokens, "fingerprint": fingerprint}
+    state = {"step": step, "losses": losses, "tokens": tokens, "fingerprint": fingerprint,
+             "optimizer_layout": layout, "rng_python": _flatten(random.getstate(), "py", {})}
     atomic_write_text(directory / CKPT_STATE, json.dumps(state) + "\n")
 
 
-def _load_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch.optim.Optimizer, schedule) -> dict:
+def _load_checkpoint(directory: Path, named: dict[str, nn.Parameter], optims: list[torch.optim.Optimizer],
+                     schedules: list) -> dict:
     state = json.loads((directory / CKPT_STATE).read_text())
     tensors = load_file(str(directory / CKPT_PARAMS))
     missing = sorted(set(named) - set(tensors))
@@ -125,11 +175,14 @@ def _load_checkpoint(directory: Path, named: dict[str, nn.Parameter], opt: torch
     with torch.no_grad():
         for n, p in named.items():
             p.copy_(tensors[n].to(p.device))
-    extra = torch.load(directory / CKPT_OPTIM, weights_only=False)
-    opt.load_state_dict(extra["optimizer"])
-    schedule.load_state_dict(extra["schedule"])
-    torch.set_rng_state(extra["rng"]["torch"])
-    random.setstate(extra["rng"]["python"])
+    extra = load_file(str(directory / CKPT_OPTIM))
+    kept = _unflatten(state["optimizer_layout"], extra)
+    for opt, saved in zip(optims, kept["optimizers"], strict=True):
+        opt.load_state_dict(saved)
+    for schedule, saved in zip(schedules, kept["schedules"], strict=True):
+        schedule.load_state_dict(saved)
+    torch.set_rng_state(extra["rng.torch"])
+    random.setstate(_unflatten(state["rng_python"], {}))
     return state
 
 
@@ -150,8 +203,8 @@ def train(
 
     param_lrs maps id(param) -> its own learning rate (e.g. the user table learns faster than LoRA).
     row_sparse: tables whose rows each belong to one user and get gradient only when that user is in the
-    batch. They run without Adam's momentum (beta1 = 0): with it, a row would keep moving for ~10 steps after
-    its user's batch, by its stale momentum, so every update counted about ten times over."""
+    batch. They train with RowAdam (tapper.row_adam): each row's steps and moments advance only on its own
+    updates. Every group follows the same warmup and decay."""
     if not examples:
         raise ValueError(f"{desc}: no training examples")
     torch.manual_seed(cfg.seed)
@@ -159,18 +212,18 @@ def train(
     if not named:
         raise ValueError(f"{desc}: nothing to train")
     sparse = {id(p) for p in row_sparse}
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    dense: dict[float, list[nn.Parameter]] = {}
+    rows: dict[float, list[nn.Parameter]] = {}
     for p in named.values():
-        groups.setdefault(((param_lrs or {}).get(id(p), cfg.lr), id(p) in sparse), []).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": ps, "lr": lr, **({"betas": ROW_SPARSE_BETAS} if rows else {})}
-         for (lr, rows), ps in groups.items()],
-        weight_decay=cfg.weight_decay,
-    )
+        (rows if id(p) in sparse else dense).setdefault((param_lrs or {}).get(id(p), cfg.lr), []).append(p)
+    optims: list[torch.optim.Optimizer] = []
+    if dense:
+        optims.append(torch.optim.AdamW([{"params": ps, "lr": lr} for lr, ps in dense.items()],
+                                        weight_decay=cfg.weight_decay))
+    if rows:
+        optims.append(RowAdam([{"params": ps, "lr": lr} for lr, ps in rows.items()]))
     steps = total_steps(len(examples), cfg)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    )
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, steps, cfg)) for o in optims]
     batches = batch_order(len(examples), steps, cfg)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
@@ -179,7 +232,7 @@ def train(
     if ckpt and (ckpt / CKPT_STATE).exists():
         kept = json.loads((ckpt / CKPT_STATE).read_text()).get("fingerprint")
         if kept == fingerprint:
-            state = _load_checkpoint(ckpt, named, opt, schedule)
+            state = _load_checkpoint(ckpt, named, optims, schedules)
             start, losses, tokens = state["step"], state["losses"], state["tokens"]
         else:
             # Another run's checkpoint (other examples, settings or starting weights, e.g. a new stage 1):
@@ -196,12 +249,14 @@ def train(
     for step in bar:
         batch = [examples[i] for i in batches[step]]
         loss, n_tok = loss_fn(batch)
-        opt.zero_grad(set_to_none=True)
+        for opt in optims:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.max_grad_norm)
-        opt.step()
-        schedule.step()
+        for opt, schedule in zip(optims, schedules, strict=True):
+            opt.step()
+            schedule.step()
         losses.append(float(loss.detach()))
         tokens += n_tok
         run_tokens += n_tok
@@ -210,7 +265,7 @@ def train(
         if on_step:
             on_step(step + 1, steps, losses[-1])
         if ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-            _save_checkpoint(ckpt, named, opt, schedule, step + 1, losses, tokens, fingerprint)
+            _save_checkpoint(ckpt, named, optims, schedules, step + 1, losses, tokens, fingerprint)
     bar.close()
     module.eval()
     seconds = time.perf_counter() - began

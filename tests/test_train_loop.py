@@ -46,3 +46,94 @@ def test_with_plain_adam_momentum_absent_rows_keep_moving():
         drift += sum(not torch.equal(after[r], before[r]) for r in (0, 1) if r not in batch)
         before = after
     assert drift > 0
+
+
+def test_row_adam_updates_a_row_as_if_it_trained_alone():
+    """A row's update depends on its own steps only, not on how many global steps passed before its user
+    was sampled: the row sampled late gets the same first update as the row sampled first."""
+    from tapper.row_adam import RowAdam
+
+    table = nn.Parameter(torch.zeros(3, 4))
+    opt = RowAdam([table], lr=0.01)
+    grad = torch.tensor([0.5, -1.0, 2.0, 0.1])
+    for step in range(5):  # row 0 alone for five steps, then row 2 once
+        table.grad = torch.zeros(3, 4)
+        table.grad[0] = grad
+        opt.step()
+    table.grad = torch.zeros(3, 4)
+    table.grad[2] = grad
+    opt.step()
+    alone = nn.Parameter(torch.zeros(1, 4))
+    ref = torch.optim.Adam([alone], lr=0.01)
+    alone.grad = grad[None].clone()
+    ref.step()
+    assert torch.allclose(table[2], alone[0], atol=1e-7)
+    assert torch.equal(table[1], torch.zeros(4))  # never in a batch: never moved
+    # five steps of Adam on row 0 equal five steps of Adam on that row alone
+    alone0 = nn.Parameter(torch.zeros(1, 4))
+    ref0 = torch.optim.Adam([alone0], lr=0.01)
+    for _ in range(5):
+        alone0.grad = grad[None].clone()
+        ref0.step()
+    assert torch.allclose(table[0], alone0[0], atol=1e-6)
+
+
+def test_warmup_then_linear_decay():
+    from tapper.train_loop import lr_factor
+
+    cfg = LoopConfig(warmup_ratio=0.1, decay="linear")
+    factors = [lr_factor(s, 100, cfg) for s in range(100)]
+    assert factors[0] < factors[5] < factors[9] < 1.0  # rising over the first 10 steps
+    assert factors[10] == 1.0 and factors[99] < 0.02  # then down to ~0 at the end
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert lr_factor(50, 100, LoopConfig()) == 1.0  # the default stays constant
+
+
+class _Planted:
+    """A pickle that, when loaded, writes a file: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.write_text, (pathlib.Path(self.marker), "pwned"))
+
+
+def _toy(tmp_path, steps: int, kill_at: int | None = None):
+    torch.manual_seed(0)
+    module = nn.Linear(3, 1)
+    data = [torch.randn(3) for _ in range(8)]
+
+    def loss_fn(batch):
+        if kill_at is not None and _toy.calls == kill_at:
+            raise KeyboardInterrupt
+        _toy.calls += 1
+        return sum(module(x).pow(2).sum() for x in batch) / len(batch), len(batch)
+
+    _toy.calls = 0
+    cfg = LoopConfig(lr=0.01, max_steps=steps, batch_size=2, checkpoint_every=2, show_progress=False,
+                     warmup_ratio=0.2, decay="linear")
+    train(module, data, loss_fn, cfg, checkpoint_dir=tmp_path / "ckpt")
+    return module
+
+
+def test_resuming_never_unpickles_a_planted_file(tmp_path):
+    import pickle
+
+    marker = tmp_path / "marker"
+    try:
+        _toy(tmp_path, 6, kill_at=5)
+    except KeyboardInterrupt:
+        pass
+    ckpt = tmp_path / "ckpt"
+    assert (ckpt / "trainer_state.json").exists()
+    for name in ("optimizer.pt", "rng.pt", "state.pkl"):
+        (ckpt / name).write_bytes(pickle.dumps(_Planted(marker)))
+    resumed = _toy(tmp_path, 6)
+    assert not marker.exists()
+    # and the resumed run ends where an uninterrupted one does
+    straight = _toy(tmp_path / "again", 6)
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
