@@ -56,7 +56,7 @@ def test_row_adam_updates_a_row_as_if_it_trained_alone():
     table = nn.Parameter(torch.zeros(3, 4))
     opt = RowAdam([table], lr=0.01)
     grad = torch.tensor([0.5, -1.0, 2.0, 0.1])
-    for step in range(5):  # row 0 alone for five steps, then row 2 once
+    for _step in range(5):  # row 0 alone for five steps, then row 2 once
         table.grad = torch.zeros(3, 4)
         table.grad[0] = grad
         opt.step()
