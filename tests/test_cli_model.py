@@ -69,3 +69,29 @@ def test_train_reports_malformed_questions(tmp_path):
                                    str(tmp_path / "r"), "--model", "tiny"])
     assert res.exit_code == 2
     assert "bad_questions.json" in res.output and "profile" in res.output
+
+
+def test_train_set_values_take_their_field_types(tmp_path):
+    # "--set use_bridge=no" once became the string "no", which is true: the ablation trained the full model.
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "train", "--task", "LaMP_3", "--questions", str(SAMPLE / "test_questions.json"), "--out", str(run),
+        "--model", "tiny", "--max-users", "2", *FAST, "--set", "use_bridge=no", "--set", "prefix_len=2",
+        "--set", "stage2_epochs=0.1",
+    ])
+    assert res.exit_code == 0, res.output
+    config = json.loads((run / "tapper_config.json").read_text())
+    assert config["use_bridge"] is False and config["prefix_len"] == 2
+    assert json.loads((run / "train_config.json").read_text())["stage2_epochs"] == 0.1
+
+
+def test_train_bad_set_value_is_a_usage_error_naming_it(tmp_path):
+    res = CliRunner().invoke(app, [
+        "train", "--task", "LaMP_3", "--questions", str(SAMPLE / "test_questions.json"), "--out", str(tmp_path),
+        "--model", "tiny", "--set", "prefix_len=abc",
+    ])
+    assert res.exit_code == 2
+    assert res.exception is None or isinstance(res.exception, SystemExit)  # no traceback
+    text = " ".join(res.output.replace("\u2502", " ").split())  # the message as one line, out of rich's box
+    assert "prefix_len='abc': TapperConfig.prefix_len takes an integer" in text
+    assert not any(tmp_path.iterdir())  # nothing was trained or written
