@@ -43,7 +43,7 @@ from pathlib import Path
 from common import ROOT, SHARED_DATA, Result, Table
 
 from tapper.backbone import Backbone, load_backbone
-from tapper.baselines.common import make_baseline, run_baseline
+from tapper.baselines.common import RECIPE_KEYS, make_baseline, nonpersonal_backbone, run_baseline
 from tapper.baselines.floors import floors
 from tapper.baselines.nonpersonal import nonpersonal_config, zero_shot_config
 from tapper.data.builders import BUILDERS
@@ -63,7 +63,7 @@ from tapper.history_inputs import rewrite_history_inputs
 from tapper.io_utils import atomic_replace_dir, atomic_write_text
 from tapper.metrics import METRIC_NAMES, bootstrap_ci, evaluate
 from tapper.prefix.config import TapperConfig
-from tapper.prefix.model import CONFIG_NAME, TapperModel
+from tapper.prefix.model import BRIDGE_DIR, CONFIG_NAME, TapperModel
 from tapper.settings import SettingError, parse_overrides, source_hash, split_overrides
 from tapper.train import TrainConfig, builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
 from tapper.train_loop import ROW_SPARSE_OPTIMIZER
@@ -146,14 +146,15 @@ def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int
 
 STAGE1_KEYS = ("backbone", "task_lora_r", "task_lora_alpha", "task_lora_dropout", "lora_targets", "max_input_tokens",
                "max_answer_tokens", "seed", "batch_size", "stage1_lr", "stage1_epochs", "stage1_max_examples",
-               "stage1_history_pairs")
+               "stage1_history_pairs", "warmup_ratio", "weight_decay", "max_grad_norm")
 
 
 # Settings that only the user table, or only a prefix, reads: a method without them keeps its result when
 # they change, so a sweep over user_lr or the prefix does not retrain the peers.
 USER_STATE_KEYS = ("user_lr", "onboard_steps", "onboard_lr", "init_std", "user_rows_optimizer")
 ONBOARD_KEYS = ("onboard_steps", "onboard_lr")  # read by the onboarding rows alone
-PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens")
+PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens",
+               "max_query_tokens")
 WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
 
 
@@ -275,7 +276,8 @@ def main() -> None:
     # the peers' harness settings come from the same resolved configs, so --set reaches every method
     shared = {"seed": cfg.seed, "max_history_pairs": cfg.max_history_pairs, "stage2_epochs": cfg.stage2_epochs,
               "batch_size": cfg.batch_size, "max_input_tokens": tcfg.max_input_tokens,
-              "max_answer_tokens": tcfg.max_answer_tokens, "constrain_answers": tcfg.constrain_answers}
+              "max_answer_tokens": tcfg.max_answer_tokens, "constrain_answers": tcfg.constrain_answers,
+              **{k: getattr(cfg, k) for k in RECIPE_KEYS}}
     all_settings = {**asdict(tcfg), **asdict(cfg), "rewrite_history": args.rewrite_history,
                     "user_rows_optimizer": ROW_SPARSE_OPTIMIZER,
                     "stage1_users": args.stage1_users, "min_profile": args.min_profile}
@@ -304,9 +306,8 @@ def main() -> None:
             results.append(VariantResult(name, evaluate(task, golds, preds), 0, 0.0, 0.0, preds))
     if "zero-shot" in wanted:
         def zero_shot() -> VariantResult:
-            m, p, raw, s = evaluate_model(TapperModel(copy_backbone(backbone), zero_shot_config(tcfg)), target,
-                                          desc="zero-shot")
-            return VariantResult("zero-shot backbone", m, 0, 0.0, s, p, raw)
+            return evaluate_model(TapperModel(copy_backbone(backbone), zero_shot_config(tcfg)), target,
+                                  "zero-shot backbone")
         results.append(runner.get("zero-shot", zero_shot))
 
     tuned: Backbone | None = None
@@ -323,14 +324,15 @@ def main() -> None:
     if "task-lora" in wanted:
         def task_lora() -> VariantResult:
             t = get_tuned()
-            m, p, raw, s = evaluate_model(TapperModel(copy_backbone(t), zero_shot_config(tcfg)), target,
-                                          desc="task LoRA")
-            return VariantResult("task LoRA (stage 1 only)", m, 0, stage1_seconds, s, p, raw)
+            return evaluate_model(TapperModel(copy_backbone(t), zero_shot_config(tcfg)), target,
+                                  "task LoRA (stage 1 only)", train_seconds=stage1_seconds)
         results.append(runner.get("task-lora", task_lora))
+    def nonpersonal() -> VariantResult:
+        return run_variant("non-personalized, same budget", get_tuned(), target, nonpersonal_config(tcfg), cfg,
+                           runs / "nonpersonal", history_inputs=history_inputs)
+
     if "nonpersonal" in wanted:
-        results.append(runner.get("nonpersonal", lambda: run_variant(
-            "non-personalized, same budget", get_tuned(), target, nonpersonal_config(tcfg), cfg, runs / "nonpersonal",
-            history_inputs=history_inputs)))
+        results.append(runner.get("nonpersonal", nonpersonal))
     if "tapper" in wanted:
         results.append(runner.get("tapper", lambda: run_variant("TAP-PER", get_tuned(), target, tcfg, cfg,
                                                                 runs / "tapper", history_inputs=history_inputs)))
@@ -345,19 +347,39 @@ def main() -> None:
             results.append(runner.get(key, lambda n=name, s=switch, k=key: run_variant(
                 n, get_tuned(), target, replace(tcfg, **s), cfg, runs / k, history_inputs=history_inputs)))
 
+    def oppu_base() -> Backbone:
+        """OPPU starts from the same-budget non-personalized model: the kept non-personalized result (run
+        again when its settings are stale) names the run whose LoRA is merged in."""
+        runner.get("nonpersonal", nonpersonal)
+        if not (runs / "nonpersonal" / BRIDGE_DIR).is_dir():  # result kept, its saved model gone
+            nonpersonal()
+        return nonpersonal_backbone(get_tuned(), runs / "nonpersonal")
+
     def baseline(method: str, own_copy: bool) -> Callable[[], VariantResult]:
         def run() -> VariantResult:
-            t = get_tuned()
-            obj = make_baseline(method, copy_backbone(t) if own_copy else t, task, runs / method, shared,
+            if method in ("rag", "pag"):  # LaMP's fine-tuned setting: its own task LoRA, trained from zero-shot
+                base = copy_backbone(backbone)
+            elif method == "oppu":
+                base = oppu_base()
+            else:
+                base = copy_backbone(get_tuned()) if own_copy else get_tuned()
+            obj = make_baseline(method, base, task, runs / method, shared,
                                 summarizer=backbone if method == "pag" else None, history_inputs=history_inputs)
             began = time.perf_counter()
-            if method == "perpcs":
-                obj.build_anchors(pool)  # the non-target users with the longest histories
-            anchors_seconds = time.perf_counter() - began
+            if method in ("rag", "pag"):  # stage 1's pairs and recipe, each prompt with its records (kept, resumable)
+                tag = fingerprint({**{k: all_settings[k] for k in (*STAGE1_KEYS, "stage1_users")},
+                                   "peer": asdict(obj.config)})
+                obj.fine_tune(others, runs / f"stage1-{method}-{tag}", tcfg, cfg)
+            if method == "perpcs":  # sharers: the non-target users with the longest histories
+                sharers = obj.choose_anchors(pool)
+                sharer_inputs = (rewrite_history_inputs(backbone, get_task(task), sharers, cfg.max_history_pairs,
+                                                        rewrites_cache) if args.rewrite_history else None)
+                obj.build_anchors(sharers, sharer_inputs)  # their pairs replay the same kind of inputs
+            prep_seconds = time.perf_counter() - began
             r = run_baseline(obj, target)
-            r.train_seconds += anchors_seconds
+            r.train_seconds += prep_seconds
             if method in ("rag", "pag"):
-                r.name = f"{r.name} (k={obj.config.k}, {obj.config.retriever})"
+                r.name = f"{r.name} (k={obj.config.k}, {obj.config.retriever}, fine-tuned with records)"
             obj.save(runs / method)
             return r
         return run
@@ -396,7 +418,9 @@ def main() -> None:
         rows.append([r.name, *cells, r.per_user_params, round(r.train_seconds), round(r.predict_seconds)])
         data_rows.append({"method": r.name, "metrics": r.metrics, "ci95": ci, "per_user_params": r.per_user_params,
                           "train_seconds": r.train_seconds, "predict_seconds": r.predict_seconds,
-                          "examples": {i: r.predictions[i] for i in list(r.predictions)[:5]}})
+                          "examples": {i: r.predictions[i] for i in list(r.predictions)[:5]},
+                          # what the model saw, after every cut and template (the first few questions)
+                          "prompts": r.prompts})
     columns = ["method"]
     for name in metric_names:
         columns += [name, "95% CI"]
@@ -485,16 +509,14 @@ def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Pat
             atomic_replace_dir(known_dir, model.save_pretrained)
     out = {}
     if score_cold:
-        m, p, raw, s = evaluate_model(model, new, desc="new users, no fit")
-        out["onboard-cold"] = VariantResult(COLD, m, model.row_size, 0.0, s, p, raw)
+        out["onboard-cold"] = evaluate_model(model, new, COLD)
     start = model.user_state.mean_row()  # of the known users: every budget starts from the same row
     for steps in budgets:
         began = time.perf_counter()
         for q in new.questions:
             onboard_user(model, q.user_id, q.profile, cfg, builder, steps=steps, start=start)
         per_user = (time.perf_counter() - began) / max(1, len(new.questions))
-        m, p, raw, s = evaluate_model(model, new, desc=f"onboarded, {steps} steps")
-        out[f"onboard-{steps}"] = VariantResult(onboarded_name(steps), m, model.row_size, per_user, s, p, raw)
+        out[f"onboard-{steps}"] = evaluate_model(model, new, onboarded_name(steps), train_seconds=per_user)
     return out
 
 

@@ -64,15 +64,13 @@ def run_demo(model: str = "default", out_dir: str | Path = "runs/demo", device: 
                                  0, 0.0, 0.0, text_only))
 
     base = TapperModel(copy_backbone(backbone), zero_shot_config(tcfg))
-    m, preds, raw, secs = evaluate_model(base, splits["test"], desc="zero-shot")
-    results.append(VariantResult("zero-shot backbone", m, 0, 0.0, secs, preds, raw))
+    results.append(evaluate_model(base, splits["test"], "zero-shot backbone"))
 
     t0 = time.perf_counter()
     tuned = stage1(backbone, splits["train"], tcfg, cfg, out_dir / "tapper")
     stage1_seconds = time.perf_counter() - t0
     task_only = TapperModel(copy_backbone(tuned), zero_shot_config(tcfg))
-    m, preds, raw, secs = evaluate_model(task_only, splits["test"], desc="task LoRA")
-    results.append(VariantResult("task LoRA (stage 1 only)", m, 0, stage1_seconds, secs, preds, raw))
+    results.append(evaluate_model(task_only, splits["test"], "task LoRA (stage 1 only)", train_seconds=stage1_seconds))
 
     if same_budget:
         results.append(run_variant("non-personalized, same budget", tuned, splits["test"],

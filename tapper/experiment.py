@@ -38,6 +38,7 @@ class VariantResult:
     predict_seconds: float
     predictions: dict[str, str] = field(default_factory=dict)
     raw: dict[str, str] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)  # a few full prompts as the model saw them
     model: TapperModel | None = field(default=None, repr=False)  # the trained variant, for follow-up scoring
 
 
@@ -52,15 +53,30 @@ def stage1(backbone: Backbone, split: LampSplit, tcfg: TapperConfig, cfg: TrainC
     return train_task_lora(backbone, examples, tcfg, cfg, run_dir)
 
 
-def evaluate_model(model: TapperModel, target: LampSplit, batch_size: int = 16, show_progress: bool = True,
-                   desc: str = "predict") -> tuple[dict[str, float], dict[str, str], dict[str, str], float]:
+KEPT_PROMPTS = 3  # prompts kept per method in results: enough to see what the model was shown
+
+
+def shown_prompts(examples) -> dict[str, str]:
+    """The first few prompts, each with the records P_q attended (TAP-PER's prefix is not text)."""
+    out = {}
+    for e in examples[:KEPT_PROMPTS]:
+        records = "".join(f"\n[record for P_q] {t}" for t in e.context.record_texts)
+        out[e.example_id] = e.prompt + records
+    return out
+
+
+def evaluate_model(model: TapperModel, target: LampSplit, name: str = "predict", batch_size: int = 16,
+                   show_progress: bool = True, train_seconds: float = 0.0) -> VariantResult:
+    """Answer the target questions with a TAP-PER-shaped model and score them with LaMP's metrics."""
     builder = builder_for(model, model.config)
     examples = [builder.for_question(q) for q in target.questions]
     began = time.perf_counter()
-    preds, raw = predict_examples(model.generate, examples, model.task, batch_size, desc, show_progress)
+    preds, raw = predict_examples(model.generate, examples, model.task, batch_size, name, show_progress)
     seconds = time.perf_counter() - began
     golds = {q.id: target.gold(q.id) for q in target.questions}
-    return evaluate(model.task, golds, preds), preds, raw, seconds
+    per_user = model.row_size if model.config.use_user_state else 0
+    return VariantResult(name, evaluate(model.task, golds, preds), per_user, train_seconds, seconds, preds, raw,
+                         shown_prompts(examples), model)
 
 
 def run_variant(
@@ -82,10 +98,7 @@ def run_variant(
         examples = history_examples(builder_for(model, tcfg, history_inputs), target, cfg.max_history_pairs)
         train_prefixes(model, examples, cfg, run_dir)
         model.save_pretrained(run_dir)
-    train_seconds = time.perf_counter() - began
-    metrics, preds, raw, pred_seconds = evaluate_model(model, target, batch_size, cfg.show_progress, name)
-    per_user = model.row_size if tcfg.use_user_state else 0
-    return VariantResult(name, metrics, per_user, train_seconds, pred_seconds, preds, raw, model)
+    return evaluate_model(model, target, name, batch_size, cfg.show_progress, time.perf_counter() - began)
 
 
 def score_with_int8_user_state(name: str, model: TapperModel, target: LampSplit, batch_size: int = 16
@@ -96,12 +109,10 @@ def score_with_int8_user_state(name: str, model: TapperModel, target: LampSplit,
     with torch.no_grad():
         model.user_state.weight.copy_(dequantize_rows_int8(q, scale))
     try:
-        metrics, preds, raw, seconds = evaluate_model(model, target, batch_size, desc=name)
+        return evaluate_model(model, target, name, batch_size)
     finally:
         with torch.no_grad():
             model.user_state.weight.copy_(original)
-    return VariantResult(name, metrics, model.row_size if model.config.use_user_state else 0, 0.0, seconds,
-                         preds, raw, model)
 
 
 def primary_metric(task: str) -> tuple[str, bool]:
