@@ -14,6 +14,7 @@ from test_serve_support import FAKE_ROW_SIZE, Reply, Server, add_key, start_serv
 from tapper.serve.schemas import MAX_GENERATE_ITEMS, MAX_RECORDS_PER_REQUEST, MAX_TEXT_CHARS
 
 MAX_BODY = 256 * 1024
+METRICS_KEY = "metrics-key-for-the-tests-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,8 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     db = f"sqlite:///{tmp / 'users.db'}"
     keys = {"acme": add_key(db, "acme"), "globex": add_key(db, "globex")}
-    server = start_server(tmp, {"TAPPER_TEST_DB": db, "TAPPER_TEST_MAX_BODY": str(MAX_BODY)})
+    server = start_server(tmp, {"TAPPER_TEST_DB": db, "TAPPER_TEST_MAX_BODY": str(MAX_BODY),
+                                "TAPPER_TEST_METRICS_KEY": METRICS_KEY})
     yield server, keys
     server.stop()
 
@@ -201,8 +203,37 @@ BAD_INPUT = [
     ("job id not hex", "GET", "/v1/jobs/zz-top", None, 422, "pattern"),
     ("invalid JSON", "POST", "/v1/generate", b'{"user_id": ', 422, "JSON"),
     ("not UTF-8", "POST", "/v1/users/u/records", b'\xff\xfe{"records": 1}', 422, ""),
-    ("deeply nested JSON", "POST", "/v1/generate", b"[" * 100_000 + b"]" * 100_000, 400, "parsing the body"),
+    ("deeply nested JSON", "POST", "/v1/generate", b"[" * 100_000 + b"]" * 100_000, 422, "nested deeper than"),
+    ("nesting below what json.loads refuses", "POST", "/v1/users/u/records",
+     b'{"records": [{"id": "r", "text": "t", "label": ' + b"[" * 200 + b"]" * 200 + b"}]}", 422, "nested deeper"),
     ("body too large", "POST", "/v1/users/u/records", b"x" * (MAX_BODY + 1), 413, "larger than"),
+    # what Python's json.loads lets through, and what the probe of issue 16 found accepted or crashing
+    ("duplicate key", "POST", "/v1/users/u/records", b'{"records": [{"id": "r1", "text": "a", "text": "b"}]}',
+     422, "appears twice"),
+    ("duplicate key at the top", "POST", "/v1/generate",
+     b'{"user_id": "u", "task": "LaMP_3", "input": "x", "user_id": "v"}', 422, "appears twice"),
+    ("NaN score", "POST", "/v1/users/u/records", b'{"records": [{"id": "r1", "text": "a", "score": NaN}]}', 422,
+     "NaN is not valid JSON"),
+    ("Infinity score", "POST", "/v1/users/u/records",
+     b'{"records": [{"id": "r1", "text": "a", "score": -Infinity}]}', 422, "Infinity is not valid JSON"),
+    ("float overflowing to infinity", "POST", "/v1/users/u/records",
+     b'{"records": [{"id": "r1", "text": "a", "score": 1e999}]}', 422, "out of range"),
+    ("5,000-digit number", "POST", "/v1/users/u/records",
+     b'{"records": [{"id": "r1", "text": "a", "date": ' + b"7" * 5000 + b"}]}", 422, "5000 characters"),
+    ("lone surrogate", "POST", "/v1/users/u/records", b'{"records": [{"id": "r1", "text": "a\\ud800b"}]}', 422,
+     "surrogate"),
+    ("LaMP-3 score in words", "POST", "/v1/users/u/records", _record(score="five"), 422, "rating from 1 to 5"),
+    ("LaMP-3 score above 5", "POST", "/v1/users/u/records", _record(score=7), 422, "rating from 1 to 5"),
+    ("LaMP-3 score below 1", "POST", "/v1/users/u/records", _record(score=0.5), 422, "rating from 1 to 5"),
+    ("LaMP-3 score as the string NaN", "POST", "/v1/users/u/records", _record(score="NaN"), 422, "rating"),
+    ("blank record id", "POST", "/v1/users/u/records", {"records": [{"id": "  ", "text": "t"}]}, 422, "non-space"),
+    ("blank generate input", "POST", "/v1/generate", gen("u", "   "), 422, "non-space"),
+    ("date before year 1 after its zone", "POST", "/v1/users/u/records", _record(date="0001-01-01T00:00:00+05:00"),
+     422, "outside the supported range"),
+    ("query date past 9999 after its zone", "POST", "/v1/generate", gen("u", date="9999-12-31T23:00:00-05:00"),
+     422, "outside the supported range"),
+    ("date of -9e10 seconds", "POST", "/v1/users/u/records", _record(date=-9e10), 422, "outside the supported"),
+    ("date as a huge integer", "POST", "/v1/users/u/records", _record(date=10**60), 422, "too large"),
 ]
 
 
@@ -214,6 +245,18 @@ def test_bad_input_is_a_4xx_with_a_clear_message(server, acme, case):
     assert reply.status == status, reply.body
     assert fragment.lower() in json.dumps(reply.json).lower()
     assert server.call("GET", "/healthz").status == 200  # and the server is still fine
+    assert server.call("GET", "/v1/users/u", key=acme).status == 404  # nothing of a refused request is stored
+
+
+def test_a_json_problem_names_its_place_in_the_body(server, acme):
+    body = b'{"records": [{"id": "r1", "text": "a"}, {"id": "r2", "text": "b", "score": 3, "score": 4}]}'
+    reply = server.call("POST", "/v1/users/u/records", raw=body, key=acme)
+    assert reply.status == 422
+    assert reply.json["detail"][0]["loc"] == ["body", "records", 1, "score"]
+    scored = server.call("POST", "/v1/users/u/records", _record(score="9"), key=acme)
+    assert scored.json["detail"] == [{"loc": ["body", "records", 0, "score"], "type": "value_error",
+                                      "msg": "expected a rating from 1 to 5 (a number or a numeric string), "
+                                             "got '9' (LaMP_3)"}]
 
 
 def _call_tolerating_early_close(server, method, path, body, key, raw) -> Reply:
@@ -257,14 +300,22 @@ def test_a_failing_request_fails_alone_in_its_batch(server, acme):
     def send(name: str, text: str) -> None:
         results[name] = server.call("POST", "/v1/generate", gen(name, text), key=acme)
 
+    log_before = len(server.log())
     threads = [threading.Thread(target=send, args=(f"user{i}", "BOOM" if i == 2 else "fine")) for i in range(5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert results["user2"].status == 500 and "fake engine asked to fail" in results["user2"].json["detail"]
+    failed = results["user2"]
+    assert failed.status == 500 and failed.json["detail"] == "internal error"
+    assert "fake engine" not in json.dumps(failed.json) and "RuntimeError" not in json.dumps(failed.json)
+    request_id = failed.json["request_id"]
+    assert failed.headers.get("x-request-id") == request_id
     assert all(results[f"user{i}"].status == 200 for i in (0, 1, 3, 4))
     assert server.call("GET", "/healthz").status == 200
+    log = server.log()[log_before:]  # the log holds what the client was not told, under the request id
+    assert f"request {request_id} (POST /v1/generate) failed" in log and "fake engine asked to fail" in log
+    assert log.count("Traceback") == 1  # one traceback per failure, not the server's second copy
 
 
 def test_metrics_count_requests_batches_and_users(server, acme):
@@ -275,9 +326,21 @@ def test_metrics_count_requests_batches_and_users(server, acme):
     assert 'tapper_request_seconds_bucket{route="/v1/users/{user_id}/records",le="+Inf"}' in text
     assert "tapper_batch_size_count" in text and 'tapper_batch_size_bucket{le="2"}' in text
     assert "tapper_engine_seconds_count" in text
-    users = next(line for line in text.splitlines() if line.startswith("tapper_users "))
-    assert int(users.split()[1]) >= 1
     assert "/v1/users/met" not in text  # routes are labelled by template, never by user id
+    # figures across tenants only with the metrics key
+    assert "tapper_users" not in text and "tapper_cached_users" not in text
+    private = server.call("GET", "/metrics", key=METRICS_KEY).body
+    users = next(line for line in private.splitlines() if line.startswith("tapper_users "))
+    assert int(users.split()[1]) >= 1 and "tapper_cached_users " in private
+    for wrong in (acme, "not-the-metrics-key"):
+        assert server.call("GET", "/metrics", key=wrong).status == 401
+
+
+def test_every_response_carries_a_request_id(server, acme):
+    ok = server.call("GET", "/healthz")
+    missing = server.call("GET", "/v1/users/nobody", key=acme)
+    ids = {ok.headers.get("x-request-id"), missing.headers.get("x-request-id")}
+    assert None not in ids and len(ids) == 2
 
 
 # ---- backpressure and batching, on a server whose engine a test can hold busy ----------------------------

@@ -116,6 +116,7 @@ def app_from_env():
         max_body_bytes=int(os.environ.get("TAPPER_TEST_MAX_BODY", str(4 * 1024 * 1024))),
         max_pending_jobs=int(os.environ.get("TAPPER_TEST_MAX_JOBS", "16")),
         stale_job_s=float(os.environ.get("TAPPER_TEST_STALE_JOB_S", "600")),
+        metrics_key=os.environ.get("TAPPER_TEST_METRICS_KEY"),
     )
     return create_app(FakeEngine(), UserStore(os.environ["TAPPER_TEST_DB"]), get_task(FAKE_TASK), config)
 

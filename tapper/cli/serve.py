@@ -1,13 +1,29 @@
-"""`tapper serve`: run the HTTP service; `tapper serve add-key`: hand a tenant a new API key."""
+"""`tapper serve`: run the HTTP service; `tapper serve add-key`: hand a tenant a new API key.
+
+Shutdown: SIGTERM or SIGINT stops accepting requests, lets uvicorn finish the ones in flight, then closes the
+store (on SQLite: the write-ahead log is checkpointed and removed) before the process ends with that signal.
+uvicorn alone would re-raise the signal right after its own shutdown, so a `finally:` around it never ran.
+"""
 
 from __future__ import annotations
 
+import copy
+import os
+import signal
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 DEFAULT_DB_NAME = "serve.db"
+METRICS_KEY_ENV = "TAPPER_METRICS_KEY"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class AccessLog(StrEnum):
+    on = "on"  # one line per request: request id, method, route template, status, time (no user ids)
+    off = "off"
 
 
 def _default_db(run: Path) -> str:
@@ -44,6 +60,8 @@ def serve(
     device: Annotated[str, typer.Option(help="torch device for the engine")] = "cpu",
     torch_threads: Annotated[int | None, typer.Option(
         help="torch intra-op threads (default: torch's choice); 1 avoids thread thrash on a busy CPU")] = None,
+    access_log: Annotated[AccessLog, typer.Option(
+        help="on: one line per request with the route template (never a user id); off: none")] = AccessLog.on,
 ) -> None:
     """Serve personalized generation over HTTP (OpenAPI docs at /docs)."""
     if ctx.invoked_subcommand is not None:
@@ -62,17 +80,69 @@ def serve(
         import torch
 
         torch.set_num_threads(max(1, torch_threads))
-    config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                         cache_users=cache_users)
+    try:
+        config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                             cache_users=cache_users, metrics_key=os.environ.get(METRICS_KEY_ENV) or None)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     engine = TapperEngine.from_pretrained(run, device=device)
     store = UserStore(db or _default_db(run))
     try:
         app = create_app(engine, store, _run_task(engine, run), config)
         typer.echo(f"tapper serve: {run} ({store.backend} store) on http://{host}:{port}  (docs: /docs)",
                    err=True)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        received = run_until_stopped(uvicorn.Config(app, host=host, port=port, access_log=False,
+                                                    log_config=log_config(AccessLog(access_log))))
     finally:
         store.close()
+    end_like(received)
+
+
+def log_config(access: AccessLog) -> dict[str, Any]:
+    """uvicorn's logging setup, plus tapper's loggers on stderr. uvicorn's own access log (which prints each
+    path, user ids included) stays off; `tapper.access` prints route templates instead."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["tapper"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["tapper"] = {"class": "logging.StreamHandler", "formatter": "tapper",
+                                    "stream": "ext://sys.stderr"}
+    config["loggers"]["tapper"] = {"handlers": ["tapper"], "level": "INFO", "propagate": False}
+    config["loggers"]["tapper.access"] = {"level": "INFO" if access is AccessLog.on else "WARNING"}
+    return config
+
+
+def run_until_stopped(config: Any) -> list[int]:
+    """Run a uvicorn server until SIGTERM or SIGINT and return the signals received (empty when it stopped on
+    its own). The signals reach uvicorn's graceful shutdown as usual, but are not re-raised afterwards, so the
+    caller's cleanup (closing the store) runs; `end_like` then ends the process as the signal would have."""
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if signum not in received:
+            received.append(signum)
+        server.handle_exit(signum, frame)
+
+    # uvicorn installs its own handlers while it serves and puts these back afterwards, then re-raises what it
+    # caught: that lands here (noted again, harmlessly) instead of killing the process before the cleanup.
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received
+
+
+def end_like(received: list[int]) -> None:
+    """After a clean shutdown caused by a signal, end the process by that signal (its default action), so a
+    supervisor sees the usual exit status."""
+    if received:
+        signal.signal(received[0], signal.SIG_DFL)
+        signal.raise_signal(received[0])
 
 
 def add_key(

@@ -6,7 +6,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from tapper.data.lamp_io import format_day
+from tapper.data.dates import RANGE_TEXT, DateError, format_day
 from tapper.data.records import LampSplit, Question
 from tapper.data.tasks import get_task
 
@@ -33,8 +33,8 @@ def split_stats(data: LampSplit | list[Question], task: str | None = None) -> di
         "dates": {
             "profile_items_dated": _fraction(len(days), len(items)),
             "questions_dated": _fraction(sum(q.day is not None for q in questions), len(questions)),
-            "first": format_day(min(days)) if days else None,
-            "last": format_day(max(days)) if days else None,
+            "first": _day_text(min(days)) if days else None,
+            "last": _day_text(max(days)) if days else None,
         },
         "duplicate_ids": {
             "questions": len(questions) - len({q.id for q in questions}),
@@ -48,6 +48,15 @@ def split_stats(data: LampSplit | list[Question], task: str | None = None) -> di
     if golds is not None:
         stats["golds"] = _gold_stats(list(golds.values()), task_name)
     return stats
+
+
+def _day_text(day: float) -> str:
+    """The ISO date of a day number; a day outside the parser's range (only code, never a reader, can make
+    one) is shown as the number itself instead of crashing the whole report."""
+    try:
+        return format_day(day)
+    except DateError:
+        return f"day {day!r} (outside {RANGE_TEXT})"
 
 
 def _gold_stats(outputs: list[str], task_name: str | None) -> dict[str, Any]:

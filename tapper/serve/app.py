@@ -1,14 +1,21 @@
 """The HTTP API of `tapper serve`: one engine, one store, many tenants and users.
 
-Routes are thin: validation lives in schemas.py, state in the store, batching in batcher.py, refits in
-jobs.py. Every route except /healthz, /metrics and the OpenAPI pages needs an API key; a tenant only ever
-sees its own users (another tenant's user id is simply not found).
+Routes are thin: validation lives in schemas.py (and json_body.py for the JSON itself), state in the store,
+batching in batcher.py, refits in jobs.py. Every route except /healthz, /metrics and the OpenAPI pages needs
+an API key; a tenant only ever sees its own users (another tenant's user id is simply not found).
+
+Every response carries an `X-Request-ID`. An unexpected failure is answered 500 `{"detail": "internal
+error", "request_id": ...}` and only the log holds what went wrong, under that id. The access log
+(logger `tapper.access`) names routes by their template, never by the user id in the path.
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -17,16 +24,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Discriminator, Field, Tag
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tapper.data.lamp_io import parse_date
+from tapper.data.lamp_io import parse_date, task_field_problem
 from tapper.data.tasks import Task
 from tapper.engine import GenerationRequest, GenerationResult, TapperEngine
-from tapper.serve.auth import require_tenant
+from tapper.serve.auth import presented_key, require_tenant
 from tapper.serve.batcher import LargerThanQueue, MicroBatcher, QueueFull
 from tapper.serve.body_limit import BodyLimit
 from tapper.serve.config import ServeConfig
 from tapper.serve.jobs import NothingToFit, RefreshJobs, TooManyJobs
+from tapper.serve.json_body import StrictJSONRoute
 from tapper.serve.metrics import ServeMetrics
 from tapper.serve.records import to_new_record
 from tapper.serve.schemas import (
@@ -38,11 +47,14 @@ from tapper.serve.schemas import (
     GenerateOut,
     HealthOut,
     JobOut,
+    RecordIn,
     UserOut,
 )
-from tapper.store import Job, RecordConflict, StoreError, UserStateCache, UserStore
+from tapper.store import Job, RecordConflict, UserStateCache, UserStore
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tapper.access")
+REQUEST_ID_HEADER = "X-Request-ID"
 
 UserIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
 JobIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
@@ -70,10 +82,12 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
         on_batch_done=lambda size, seconds: metrics.engine_seconds.observe(seconds),
     )
     jobs = RefreshJobs(engine, store, cache, metrics, config.max_pending_jobs, config.stale_job_s)
-    metrics.add_gauge("tapper_users", "users in the store (all tenants)", store.count_users)
+    # Figures about users across all tenants are shown only to a scraper that presents the metrics key.
+    metrics.add_gauge("tapper_users", "users in the store (all tenants)", store.count_users, private=True)
+    metrics.add_gauge("tapper_cached_users", "users held in the in-memory cache (all tenants)", lambda: len(cache),
+                      private=True)
     metrics.add_gauge("tapper_queue_depth", "generate requests waiting for a batch", lambda: batcher.depth)
     metrics.add_gauge("tapper_jobs_pending", "refresh jobs queued or running here", lambda: jobs.pending)
-    metrics.add_gauge("tapper_cached_users", "users held in the in-memory cache", lambda: len(cache))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -90,10 +104,11 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
         version="1",
         lifespan=lifespan,
     )
+    app.router.route_class = StrictJSONRoute  # every route below parses its body strictly
     app.state.store = store
     app.state.metrics = metrics
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(_RequestMetrics, metrics=metrics)  # added last = outermost: it sees the 413s too
+    app.add_middleware(_Edge, metrics=metrics)  # added last = outermost: it sees the 413s and every failure
     _add_error_handlers(app)
 
     def unavailable(message: str) -> HTTPException:
@@ -105,12 +120,20 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
                          queue=batcher.depth)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
-    def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    def prometheus(request: Request) -> PlainTextResponse:
+        """Prometheus text. Without a key: traffic, latency, batching and queue figures. With the metrics key
+        (`Authorization: Bearer <TAPPER_METRICS_KEY>`): also the user counts, which span all tenants."""
+        key = presented_key(request)
+        if key is not None and not (config.metrics_key and hmac.compare_digest(key, config.metrics_key)):
+            raise HTTPException(401, detail="invalid metrics key (send none for the public figures)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        text = metrics.render(include_private=key is not None)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/users/{user_id}/records", response_model=AppendOut, tags=["users"])
     def append_records(user_id: UserIdPath, body: AppendIn, tenant: Tenant) -> AppendOut:
         """Append history records; a record id already stored with the same content is skipped."""
+        _check_task_rules(body.records, task)  # before anything is stored: a refused request stores nothing
         records = [to_new_record(r, task) for r in body.records]
         try:
             result = store.append_records(tenant, user_id, records)
@@ -202,6 +225,19 @@ def _job_out(job: Job) -> JobOut:
                   loss=job.loss, error=job.error, created=job.created, updated=job.updated)
 
 
+def _check_task_rules(records: list[RecordIn], task: Task) -> None:
+    """The run's task's value rules (a LaMP-3 score is a rating 1-5): a 422 naming every offending field."""
+    errors = []
+    for index, record in enumerate(records):
+        for name, value in record.model_dump(exclude={"id"}).items():
+            problem = task_field_problem(task.name, name, value)
+            if problem is not None:
+                errors.append({"type": "value_error", "loc": ("body", "records", index, name),
+                               "msg": f"{problem} ({task.name})"})
+    if errors:
+        raise RequestValidationError(errors)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -212,19 +248,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse(status_code=422, content={"detail": errors})
 
-    @app.exception_handler(StoreError)
-    async def store_error(_: Request, exc: StoreError) -> JSONResponse:
-        log.error("store error: %s", exc)
-        return JSONResponse(status_code=500, content={"detail": f"store error: {exc}"})
 
-    @app.exception_handler(Exception)
-    async def crashed(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"})
-
-
-class _RequestMetrics:
-    """ASGI middleware: count and time every request by its route template (never by user id)."""
+class _Edge:
+    """ASGI middleware around everything: a request id on every response, metrics by route template, one
+    access-log line per request (route template, never the path with its user id), and the last word on
+    failures: an unexpected exception is logged with the request id and answered 500 "internal error"
+    (its type and message stay in the log), instead of reaching the server, which would log it again."""
 
     def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
         self.app = app
@@ -235,17 +264,38 @@ class _RequestMetrics:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        request_id = uuid.uuid4().hex
         status = 500
+        started = False
 
         async def tracking_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
         try:
             await self.app(scope, receive, tracking_send)
+        except Exception:
+            route = _route_of(scope)
+            log.exception("request %s (%s %s) failed", request_id, scope.get("method", ""), route)
+            status = 500
+            if not started:
+                body = json.dumps({"detail": "internal error", "request_id": request_id}).encode()
+                await send({"type": "http.response.start", "status": 500, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (REQUEST_ID_HEADER.lower().encode(), request_id.encode())]})
+                await send({"type": "http.response.body", "body": body})
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = _route_of(scope)
+            elapsed = time.perf_counter() - start
             self.metrics.requests.inc(route, str(status))
-            self.metrics.latency.observe(time.perf_counter() - start, route)
+            self.metrics.latency.observe(elapsed, route)
+            access_log.info("%s %s %s %d %.1fms", request_id, scope.get("method", ""), route, status,
+                            elapsed * 1000.0)
+
+
+def _route_of(scope: Scope) -> str:
+    return getattr(scope.get("route"), "path", "unmatched")

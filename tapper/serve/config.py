@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,8 @@ class ServeConfig:
     # A refresh job that has not moved for this long is taken for dead (its server crashed) and failed, at
     # startup or when its user asks for a new refresh. A running fit reports progress every 0.5 s.
     stale_job_s: float = 600.0
+    # The key that opens /metrics' cross-tenant figures (user counts); None: they are never shown.
+    metrics_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "queue_size", "max_pending_jobs", "max_body_bytes"):
@@ -24,3 +26,5 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.cache_users < 0:
             raise ValueError("max_wait_ms and cache_users must be >= 0")
+        if self.metrics_key is not None and len(self.metrics_key) < 16:
+            raise ValueError("the metrics key must be at least 16 characters (e.g. `openssl rand -hex 32`)")

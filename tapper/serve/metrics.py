@@ -78,10 +78,11 @@ class Histogram:
 
 
 class Gauge:
-    """A value read at scrape time (queue depth, user count): nothing to keep in sync."""
+    """A value read at scrape time (queue depth, user count): nothing to keep in sync. A private gauge
+    (a figure across all tenants) is rendered only for a scraper that presented the metrics key."""
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.name, self.help, self.read = name, help_text, read
+    def __init__(self, name: str, help_text: str, read: Callable[[], float], private: bool = False) -> None:
+        self.name, self.help, self.read, self.private = name, help_text, read, private
 
     def render(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", f"{self.name} {_num(self.read())}"]
@@ -105,12 +106,13 @@ class ServeMetrics:
         self.jobs = Counter("tapper_jobs_total", "refresh jobs by final status", ("status",))
         self.gauges: list[Gauge] = []
 
-    def add_gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.gauges.append(Gauge(name, help_text, read))
+    def add_gauge(self, name: str, help_text: str, read: Callable[[], float], private: bool = False) -> None:
+        self.gauges.append(Gauge(name, help_text, read, private))
 
-    def render(self) -> str:
+    def render(self, include_private: bool = False) -> str:
         lines: list[str] = []
         metrics = (self.requests, self.latency, self.batch_size, self.engine_seconds, self.rejected, self.jobs)
-        for metric in (*metrics, *self.gauges):
+        gauges = [g for g in self.gauges if include_private or not g.private]
+        for metric in (*metrics, *gauges):
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"

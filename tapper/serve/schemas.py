@@ -29,14 +29,21 @@ TEXT_FIELDS = ("text", "title", "abstract", "description")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # allow_inf_nan: the body parser already refuses NaN and Infinity; this keeps models built in code honest
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 def _check_date(value: Any) -> Any:
     try:
         parse_date(value)
-    except ValueError as e:
+    except ValueError as e:  # DateError: out of range, unrecognized, not finite...
         raise ValueError(f"malformed date: {e}") from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must hold at least one non-space character")
     return value
 
 
@@ -55,6 +62,7 @@ class RecordIn(_Strict):
     date: DateValue | None = Field(default=None, description="ISO date/datetime, unix seconds, or a year")
 
     _date = field_validator("date")(classmethod(lambda cls, v: _check_date(v)))
+    _id = field_validator("id")(classmethod(lambda cls, v: _not_blank(v)))
 
     @model_validator(mode="after")
     def _has_text(self) -> RecordIn:
@@ -81,6 +89,7 @@ class GenerateIn(_Strict):
     date: DateValue | None = Field(default=None, description="when the query happens; default: after all records")
 
     _date = field_validator("date")(classmethod(lambda cls, v: _check_date(v)))
+    _input = field_validator("input")(classmethod(lambda cls, v: _not_blank(v)))
 
     @field_validator("task")
     @classmethod

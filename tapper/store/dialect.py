@@ -7,13 +7,22 @@ between threads that run statements at the same time).
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+STORE_FILE_MODE = 0o600  # the store holds users' texts: only its owner may read it
+CHECKPOINT_TRIES = 5
 
 
 class StoreError(RuntimeError):
@@ -41,7 +50,7 @@ class Database:
             self._sqlite_path = url.removeprefix("sqlite:///")
             if not self._sqlite_path:
                 raise StoreError(f"store URL {url!r} names no file; use sqlite:///path/to/users.db")
-            Path(self._sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(self._sqlite_path))
         elif url.startswith(("postgresql://", "postgres://")):
             self.dialect = POSTGRES
             try:
@@ -53,6 +62,8 @@ class Database:
         self._local = threading.local()
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
+        self._closed = False
+        self._checkpoint_owed = False  # a checkpoint that readers blocked; retried after the next write
 
     def _connect(self) -> Any:
         if self.dialect is SQLITE:
@@ -64,13 +75,30 @@ class Database:
             # FULL: a committed transaction survives power loss too, not only a killed process.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            # Deleted content is overwritten with zeros, not just unlinked from the b-tree (a forgotten user's
+            # text must not stay in free space); this SQLite build's default is not relied on.
+            if conn.execute("PRAGMA secure_delete=ON").fetchone()[0] != 1:
+                conn.close()
+                raise StoreError("this SQLite build cannot turn on secure_delete; forgetting users needs it")
         else:
             import psycopg
 
             conn = psycopg.connect(self.url, autocommit=True)
         with self._all_lock:
+            if self._closed:
+                conn.close()
+                raise StoreError(f"the store {self.display_url} is closed")
             self._all.append(conn)
         return conn
+
+    @property
+    def display_url(self) -> str:
+        """The URL without a password, for messages and logs."""
+        scheme, sep, rest = self.url.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if at and ":" in userinfo:
+            rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        return f"{scheme}{sep}{rest}"
 
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -100,6 +128,8 @@ class Database:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if self._checkpoint_owed and not read_only:
+                self.checkpoint()
         else:
             with conn.transaction():
                 with conn.cursor() as cur:
@@ -107,8 +137,33 @@ class Database:
                         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     yield Cursor(self, cur)
 
+    def checkpoint(self) -> bool:
+        """SQLite: copy the whole write-ahead log into the database file and truncate the log to zero bytes,
+        so that nothing deleted lives on in the WAL. True when done; False when readers kept it from finishing
+        after CHECKPOINT_TRIES tries (each waits up to the 30 s busy timeout). PostgreSQL: nothing to do here."""
+        if self.dialect is not SQLITE:
+            return True
+        conn = self._conn()
+        for attempt in range(CHECKPOINT_TRIES):
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy == 0:
+                self._checkpoint_owed = False
+                return True
+            time.sleep(0.05 * (attempt + 1))
+        self._checkpoint_owed = True
+        log.error("could not checkpoint the WAL of %s: readers kept it busy; retried after the next write",
+                  self.url)
+        return False
+
     def close(self) -> None:
+        """Checkpoint (SQLite) and close every connection; later calls raise StoreError."""
+        if self.dialect is SQLITE and not self._closed:
+            try:
+                self.checkpoint()
+            except (sqlite3.Error, StoreError) as e:  # closing must still close the connections
+                log.error("final WAL checkpoint of %s failed: %s", self.url, e)
         with self._all_lock:
+            self._closed = True
             for conn in self._all:
                 try:
                     conn.close()
@@ -142,3 +197,18 @@ class Cursor:
     @property
     def rowcount(self) -> int:
         return self._cur.rowcount
+
+
+def _create_private_file(path: Path) -> None:
+    """Create an empty SQLite store file readable by its owner only (SQLite gives its -wal and -shm files the
+    same mode); warn about an existing store that others can read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STORE_FILE_MODE)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("store %s has mode %04o: other users can read it; chmod 600 it (and its -wal/-shm)",
+                        path, mode)
+        return
+    os.close(fd)

@@ -96,7 +96,7 @@ class UserStore:
                 )
             elif int(found[0]) != SCHEMA_VERSION:
                 raise StoreError(
-                    f"store {url} has schema version {found[0]}, this code reads {SCHEMA_VERSION}"
+                    f"store {self.db.display_url} has schema version {found[0]}, this code reads {SCHEMA_VERSION}"
                 )
 
     @property
@@ -104,6 +104,7 @@ class UserStore:
         return self.db.dialect.name
 
     def close(self) -> None:
+        """Checkpoint the WAL (SQLite) and close every connection; a closed store refuses further calls."""
         self.db.close()
 
     # ---- run binding -------------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ class UserStore:
                 cur.execute("INSERT INTO meta (key, value) VALUES ('row_size', ?)", (str(row_size),))
             elif int(found[0]) != row_size:
                 raise StoreError(
-                    f"store {self.db.url} holds P_u rows of {found[0]} numbers, but the engine's rows have "
+                    f"store {self.db.display_url} holds P_u rows of {found[0]} numbers, but the engine's rows have "
                     f"{row_size}: it belongs to another run (use a fresh --db for this run)"
                 )
 
@@ -249,7 +250,13 @@ class UserStore:
         return int(version), decode_row(data, int(size), expected_size, f"user {user_id!r}")
 
     def delete_user(self, tenant: str, user_id: str) -> bool:
-        """Forget a user: records, row and jobs go in one transaction. False if there was no such user."""
+        """Forget a user: records, row and jobs go in one transaction. False if there was no such user.
+
+        On SQLite the deleted bytes are zeroed in the database file (secure_delete) and the write-ahead log,
+        which still holds the old pages, is checkpointed and truncated before this returns, so none of the
+        store's files keeps the user's text, row or id. On PostgreSQL the rows are gone for every query at
+        once; their bytes stay in the table files until VACUUM and in the server's WAL (docs/serving.md).
+        """
         with self.db.transaction() as cur:
             found = cur.execute(
                 "SELECT uid FROM users WHERE tenant = ? AND user_id = ?", (tenant, user_id)
@@ -260,6 +267,7 @@ class UserStore:
             cur.execute("DELETE FROM records WHERE uid = ?", (uid,))
             cur.execute("DELETE FROM jobs WHERE uid = ?", (uid,))
             cur.execute("DELETE FROM users WHERE uid = ?", (uid,))
+        self.db.checkpoint()
         return True
 
     def count_users(self) -> int:
