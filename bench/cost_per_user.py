@@ -25,7 +25,7 @@ from common import RESULTS, Result, Table, ratio
 
 from tapper.backbone import load_backbone
 from tapper.baselines.oppu import USERS_DIR, OppuBaseline, OppuConfig, user_file_name
-from tapper.baselines.perpcs import ANCHORS_DIR, ANCHORS_LIST, PerPcsBaseline, PerPcsConfig, select_pieces
+from tapper.baselines.perpcs import ANCHORS_DIR, ANCHORS_LIST, PerPcsBaseline, PerPcsConfig
 from tapper.experiment import copy_backbone
 from tapper.prefix.user_state import UserStateTable
 from tapper.train import resolve_configs
@@ -88,13 +88,13 @@ def main() -> None:
             shutil.copyfile(oppu_file, anchors_dir / user_file_name(anchor))
         (anchors_dir.parent / ANCHORS_LIST).write_text(json.dumps(anchor_ids))
         pcs = PerPcsBaseline(copy_backbone(backbone), pcs_cfg, work / "perpcs")
-        logits = torch.randn(pcs.bank.n_layers, pcs.bank.n_anchors)
-        indices, weights = select_pieces(logits, pcs_cfg.top_p)
-        pcs.selections["user-0000000"] = (indices.to(torch.uint8), weights)
+        pcs.install(anchor_ids)
+        pcs.user_mix["user-0000000"] = torch.softmax(torch.randn(pcs.bank.n_modules, pcs.bank.n_anchors), -1)
         pcs_bytes = pcs.save_user("user-0000000").stat().st_size
         pcs_params = pcs.per_user_params
         anchor_bytes = dir_bytes(anchors_dir)
-        n_layers = pcs.bank.n_layers
+        n_modules = pcs.bank.n_modules
+        n_layers = backbone.model.config.num_hidden_layers
         del pcs
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -103,7 +103,7 @@ def main() -> None:
         ("TAP-PER (fp32 row)", row_size, tap["fp32"]["one_user_bytes"], tap["fp32"]["marginal_bytes_per_user"], 0),
         ("TAP-PER (int8 row)", row_size, tap["int8"]["one_user_bytes"], tap["int8"]["marginal_bytes_per_user"], 0),
         ("OPPU (LoRA r=8 on q, v)", oppu_params, oppu_bytes, oppu_bytes, 0),
-        (f"PER-PCS (top-{pcs_cfg.top_p} of {pcs_cfg.n_anchors} anchors per layer)", pcs_params, pcs_bytes,
+        (f"PER-PCS (mix of {pcs_cfg.n_anchors} sharers per adapted projection)", pcs_params, pcs_bytes,
          pcs_bytes, anchor_bytes),
     ]
     rows, data_methods = [], []
@@ -122,7 +122,7 @@ def main() -> None:
          "1,000 users (MB)", "1,000,000 users (GB)", "OPPU bytes / this"], rows))
     result.data.update({"backbone": backbone.name, "hidden_size": backbone.hidden_size, "layers": n_layers,
                         "prefix_len": tcfg.prefix_len, "tapper_tables": tap, "methods": data_methods,
-                        "perpcs_config": {"n_anchors": pcs_cfg.n_anchors, "top_p": pcs_cfg.top_p}})
+                        "perpcs_config": {"n_anchors": pcs_cfg.n_anchors, "top_k": pcs_cfg.top_k}})
     fp32_ratio = ratio(oppu_bytes, tap["fp32"]["marginal_bytes_per_user"])
     int8_ratio = ratio(oppu_bytes, tap["int8"]["marginal_bytes_per_user"])
     result.data["targets"] = {"oppu_over_tapper_fp32": fp32_ratio, "oppu_over_tapper_int8": int8_ratio,
@@ -135,8 +135,8 @@ def main() -> None:
         f"{'met' if fp32_ratio >= 100 else 'missed'}), {int8_ratio:.1f}x with int8 rows (target >= 200x: "
         f"{'met' if int8_ratio >= 200 else 'missed'}). In parameters: {oppu_params:,} / {row_size:,} = "
         f"{oppu_params / row_size:.0f}x, fixed by the shapes (r*(d_in+d_out) per adapted projection vs L*d).",
-        f"PER-PCS stores less per target user than TAP-PER ({n_layers} layers x {pcs_cfg.top_p} picks x "
-        "(1-byte index + float32 weight)), but needs its anchors' full adapters on hand (shared bytes) and "
+        f"PER-PCS stores less per target user than TAP-PER ({n_modules} adapted projections x "
+        f"{pcs_cfg.n_anchors} float32 mixing weights), but needs its sharers' full adapters on hand (shared bytes) and "
         "assembles a different adapter per user in every forward pass.",
     ]
 

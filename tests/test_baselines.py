@@ -9,16 +9,24 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tapper.backbone import tiny_backbone
-from tapper.baselines.common import make_baseline, run_baseline
-from tapper.baselines.oppu import OppuBaseline, user_file_name
+from tapper.baselines.common import make_baseline, nonpersonal_backbone, run_baseline, truncate_record
+from tapper.baselines.oppu import OppuBaseline, OppuConfig, user_file_name
 from tapper.baselines.pag import PagBaseline
-from tapper.baselines.perpcs import PerPcsBaseline, PieceBank, PieceMixLinear
-from tapper.baselines.pplug import PPlugBaseline
+from tapper.baselines.perpcs import (
+    PerPcsBaseline,
+    PieceBank,
+    PieceMixLinear,
+    choose_pieces,
+    piece_scores,
+)
+from tapper.baselines.pplug import PPlugBaseline, input_embedding_norm
 from tapper.baselines.rag import RagBaseline, RagConfig
 from tapper.batching import answer_loss
 from tapper.data.lamp_io import write_split
 from tapper.data.records import LampSplit
 from tapper.data.sample import load_sample
+from tapper.data.tasks import get_task
+from tapper.train import resolve_configs
 
 TASK = "LaMP_3"
 # Short inputs keep the byte-level tiny model fast; two pairs per user and batch 2 give one step per user.
@@ -63,6 +71,72 @@ def test_rag_writes_the_selected_earlier_records_into_the_prompt(tiny_backbone, 
         RagConfig.for_task(TASK, nonsense=1)
 
 
+def stage1_configs(**train):
+    """Stage-1 settings for the tiny model: a couple of steps, no progress bars."""
+    return resolve_configs(TASK, {"backbone": "tiny", "max_input_tokens": 192},
+                           {"batch_size": 2, "stage1_epochs": 0.5, "show_progress": False, **train})
+
+
+def test_rag_fine_tunes_like_stage1_on_prompts_carrying_their_records(sample, tmp_path, monkeypatch):
+    """LaMP's fine-tuned RAG: stage 1's pairs and recipe, every training prompt with its selected records."""
+    import tapper.train
+
+    others = subset(sample["train"], 3)
+    tcfg, cfg = stage1_configs(stage1_history_pairs=1)
+    seen: list = []
+    real = tapper.train.train_task_lora
+
+    def spy(backbone, examples, *args, **kwargs):
+        seen.extend(examples)
+        return real(backbone, examples, *args, **kwargs)
+
+    monkeypatch.setattr(tapper.train, "train_task_lora", spy)
+    rag = RagBaseline(tiny_backbone(), RagConfig.for_task(TASK, k=2, max_record_tokens=400, **SMALL))
+    before = {n: p.detach().clone() for n, p in rag.backbone.model.named_parameters()}
+    rag.fine_tune(others, tmp_path / "rag-stage1", tcfg, cfg)
+    assert rag.fine_tuned
+    assert len(seen) == 2 * len(others.questions)  # each other user's question and latest history pair
+    assert {e.example_id for e in seen} >= {q.id for q in others.questions}
+    golds = {q.id: others.golds[q.id] for q in others.questions}
+    assert all(e.answer == golds[e.example_id] for e in seen if e.example_id in golds)
+    with_records = [e for e in seen if e.records]
+    assert len(with_records) >= len(others.questions)  # the check can fail: records reach the training prompts
+    tok = rag.backbone.tokenizer
+    for e in with_records:
+        assert "Following the given patterns" in e.prompt
+        for record in e.records:
+            assert get_task(TASK).record_prompt(truncate_record(record, tok, 400)) in e.prompt
+    changed = [n for n, p in rag.backbone.model.named_parameters() if not torch.equal(before[n], p)]
+    assert changed and all("proj" in n for n in changed)  # the LoRA was merged into the projections
+    assert (tmp_path / "rag-stage1" / "task_adapter" / "tapper_stage1.json").is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a kept adapter made from the same pairs must be reused")
+
+    monkeypatch.setattr(tapper.train, "train", no_training)
+    again = RagBaseline(tiny_backbone(), RagConfig.for_task(TASK, k=2, max_record_tokens=400, **SMALL))
+    again.fine_tune(others, tmp_path / "rag-stage1", tcfg, cfg)
+    assert all(torch.equal(p, dict(rag.backbone.model.named_parameters())[n])
+               for n, p in again.backbone.model.named_parameters())
+
+
+def test_pag_trains_with_one_summary_per_stage1_user_made_before_its_training_pairs(sample, tmp_path):
+    others = subset(sample["train"], 2)
+    _, cfg = stage1_configs(stage1_history_pairs=2)
+    pag = make_baseline("pag", tiny_backbone(), TASK, tmp_path, {**SMALL, "k": 1, "summary_tokens": 4})
+    examples = pag.training_examples(others, cfg)
+    assert len(examples) == 3 * len(others.questions)
+    assert pag.generated == len(others.questions)  # one summary per user, not per pair
+    for q in others.questions:
+        assert pag.cache_key(q.user_id, q.profile[:-2]) in pag.cache  # before the 2 replayed records
+        assert pag.cache_key(q.user_id, q.profile) not in pag.cache  # never a summary holding a training answer
+    for q in others.questions:  # (the tiny model's own summaries may be empty: put known ones in their place)
+        pag.cache[pag.cache_key(q.user_id, q.profile[:-2])] = f"likes tests {q.user_id}"
+    examples = pag.training_examples(others, cfg)
+    assert pag.generated == len(others.questions)  # from the cache
+    assert all(e.prompt.count(f"User profile: likes tests {e.user_id}\n") == 1 for e in examples)
+
+
 def test_pag_summaries_are_cached_per_user_and_history(tiny_backbone, sample, tmp_path):
     target = subset(sample["test"], 2)
     pag = make_baseline("pag", tiny_backbone, TASK, tmp_path, {**SMALL, "summary_tokens": 4})
@@ -81,6 +155,44 @@ def test_pag_summaries_are_cached_per_user_and_history(tiny_backbone, sample, tm
     pag.by_user = {q.user_id: "likes tests" for q in target.questions}
     example = pag.with_records(pag.builder.for_question(target.questions[0]))
     assert "User profile: likes tests\n" in example.prompt
+
+
+def test_oppu_follows_its_reference_lora_and_starts_from_the_nonpersonal_model(sample, tmp_path):
+    from tapper.baselines.nonpersonal import nonpersonal_config
+    from tapper.prefix import TapperConfig, TapperModel
+
+    cfg = OppuConfig.for_task(TASK)
+    assert (cfg.r, cfg.alpha, cfg.dropout, cfg.lr, cfg.epochs) == (8, 8, 0.05, 1e-4, 2.0)
+    assert set(cfg.targets) == {"q_proj", "v_proj"}
+    loop = cfg.loop(cfg.lr, cfg.epochs)
+    assert (loop.warmup_ratio, loop.decay, loop.weight_decay, loop.max_grad_norm) == (0.1, "linear", 0.01, 0.3)
+
+    # the same-budget non-personalized model: its LoRA (the "bridge" of a run without prefixes), merged
+    target = subset(sample["test"], 2)
+    model = TapperModel(tiny_backbone(), nonpersonal_config(TapperConfig(task=TASK, backbone="tiny")),
+                        [q.user_id for q in target.questions])
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    model.save_pretrained(tmp_path / "nonpersonal")
+    model.eval()  # no LoRA dropout in the comparison
+    base = nonpersonal_backbone(tiny_backbone(), tmp_path / "nonpersonal")
+    pairs = OppuBaseline(tiny_backbone(), cfg, tmp_path / "x").history_pairs(target.questions[0].user_id,
+                                                                            target.questions[0].profile)
+    plain = tiny_backbone()
+    with_lora = losses(model.lm, model.tokenizer, pairs)
+    assert losses(base.model, base.tokenizer, pairs) == pytest.approx(with_lora, abs=1e-5)
+    assert with_lora != pytest.approx(losses(plain.model, plain.tokenizer, pairs), abs=1e-3)  # the check can fail
+
+    oppu = make_baseline("oppu", base, TASK, tmp_path / "oppu", SMALL)
+    peft_cfg = oppu.model.peft_config["default"]
+    assert (peft_cfg.r, peft_cfg.lora_alpha) == (8, 8) and set(peft_cfg.target_modules) == {"q_proj", "v_proj"}
+    oppu.activate("nobody")  # a user without a LoRA is answered by the non-personalized model itself
+    assert losses(oppu.model, oppu.backbone.tokenizer, pairs) == pytest.approx(with_lora, abs=1e-5)
+    with pytest.raises(FileNotFoundError, match="non-personalized"):
+        nonpersonal_backbone(tiny_backbone(), tmp_path / "nowhere")
 
 
 def test_oppu_trains_one_file_per_user_and_switches_once_per_user(sample, tmp_path):
@@ -171,74 +283,150 @@ def test_oppu_fit_resumes_users_trained_from_the_same_start_and_retrains_the_res
     assert sorted(trained) == users
 
 
-def test_piece_mix_is_the_weighted_sum_of_the_anchor_pieces():
+def test_piece_mix_averages_the_chosen_pieces_a_and_b_with_each_rows_weights():
     torch.manual_seed(0)
     base = torch.nn.Linear(6, 5, bias=False)
     a, b = torch.randn(3, 2, 6), torch.randn(3, 5, 2)
-    bank = PieceBank(n_layers=2, n_anchors=3)
-    layer = PieceMixLinear(base, a, b, scale=0.5, layer=1, bank=bank)
+    bank = PieceBank(n_modules=2, n_anchors=3)
+    layer = PieceMixLinear(base, a, b, scale=0.5, index=1, bank=bank)
     x = torch.randn(2, 4, 6)
     weights = torch.tensor([[[1.0, 0, 0], [0.0, 0.25, 0.75]], [[0.0, 1, 0], [1.0, 0.0, 0.0]]])
-    bank.weights = weights
+    bank.mode, bank.weights = "mix", weights
     out = layer(x)
     for row in range(2):
         w = weights[row, 1]
-        delta = sum(w[n] * (b[n] @ a[n]) for n in range(3))
-        assert torch.allclose(out[row], base(x[row]) + 0.5 * x[row] @ delta.T, atol=1e-5)
-    bank.weights = None
+        mixed_b = sum(w[n] * b[n] for n in range(3))
+        mixed_a = sum(w[n] * a[n] for n in range(3))
+        assert torch.allclose(out[row], base(x[row]) + 0.5 * x[row] @ (mixed_b @ mixed_a).T, atol=1e-5)
+    bank.mode = "off"
     assert torch.allclose(layer(x), base(x))
 
 
-def test_perpcs_assembles_users_from_anchor_pieces_and_stores_only_the_selection(sample, tmp_path):
-    target = subset(sample["test"], 2)
-    overrides = {**SMALL, "epochs": 1.0, "n_anchors": 2, "top_p": 1, "gate_epochs": 1.0}
-    pcs = make_baseline("perpcs", tiny_backbone(), TASK, tmp_path, overrides)
+def test_pieces_are_scored_by_their_gates_on_the_answer_positions_only():
+    torch.manual_seed(0)
+    d = 16
+    toward, away = torch.randn(d), torch.randn(d)
+    x = torch.randn(2, 5, d) * 0.1
+    select = torch.zeros(2, 5, dtype=torch.bool)
+    select[:, 3:] = True
+    x[:, 3:] += toward  # what the answer positions look like
+    x[:, :3] += away * 10  # louder, but not read
+    gates = torch.stack([away, toward, -toward])
+    scores = piece_scores(x, select, gates)
+    assert scores.argmax() == 1 and scores[2] < scores[1]
+    assert torch.equal(choose_pieces(scores, 1, 1.0), torch.tensor([0.0, 1.0, 0.0]))
+    two = choose_pieces(scores, 2, 0.5)
+    assert two.sum() == pytest.approx(1.0) and (two > 0).sum() == 2 and two[1] > two[two.argsort()[-2]] - 1e-9
+    everywhere = piece_scores(x, torch.ones_like(select), gates)
+    assert everywhere.argmax() == 0  # the check can fail: reading every position picks another piece
+
+
+def rewritten(split: LampSplit) -> dict[str, str]:
+    """Replayed inputs for every history record of `split`, marked so that a prompt shows where it came from."""
+    return {p.id: f"REWRITTEN {p.id}: {p.get('text')}" for q in split.questions for p in q.profile}
+
+
+def test_perpcs_sharers_train_on_the_shared_history_inputs_and_targets_are_assembled_without_gradients(
+        sample, tmp_path, monkeypatch):
+    import tapper.baselines.perpcs as perpcs_module
+
+    target, sharers = subset(sample["test"], 2), subset(sample["train"], 4)
+    overrides = {**SMALL, "epochs": 1.0, "n_anchors": 2, "top_k": 1, "gate_epochs": 1.0}
+    pcs = make_baseline("perpcs", tiny_backbone(), TASK, tmp_path, overrides, history_inputs=rewritten(target))
     with pytest.raises(RuntimeError, match="no anchors"):
         pcs.fit(target)
-    anchors = pcs.build_anchors(subset(sample["train"], 4))
+    lora_prompts: list[str] = []
+    gate_prompts: list[str] = []
+    real_user, real_train = OppuBaseline.train_user, perpcs_module.train
+
+    def user_spy(self, user_id, examples, max_steps=None, stamp=None):
+        lora_prompts.extend(e.prompt for e in examples)
+        return real_user(self, user_id, examples, max_steps, stamp)
+
+    def gate_spy(module, examples, *args, **kwargs):
+        gate_prompts.extend(e.prompt for e in examples)
+        return real_train(module, examples, *args, **kwargs)
+
+    monkeypatch.setattr(OppuBaseline, "train_user", user_spy)
+    monkeypatch.setattr(perpcs_module, "train", gate_spy)
+    anchors = pcs.build_anchors(sharers, rewritten(sharers))
     assert len(anchors) == 2 and not set(anchors) & {q.user_id for q in target.questions}
-    assert pcs.build_anchors(subset(sample["train"], 4)) == anchors  # a complete anchor set is reused
+    assert lora_prompts and gate_prompts  # both the pieces and the gates trained on the sharers' pairs ...
+    assert all("REWRITTEN" in p for p in lora_prompts + gate_prompts)  # ... replayed from the shared inputs
+    assert all(layer.gates.abs().sum() > 0 for layer in pcs.layers)  # each sharer's gates moved off zero
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("assembling a target user takes no training step")
+
+    monkeypatch.setattr(perpcs_module, "train", refuse)
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
     pcs.fit(target)
-    assert pcs.per_user_params == 2 * 2  # gate logits: layers x anchors
+    assert all(p.grad is None for p in pcs.backbone.model.parameters())
+    n_modules = 2 * 2  # q and v in 2 layers
+    assert pcs.per_user_params == n_modules * 2
     for q in target.questions:
         stored = load_file(str(tmp_path / "users" / user_file_name(q.user_id)))
-        assert set(stored) == {"indices", "weights"}
-        assert stored["indices"].shape == (2, 1) and stored["indices"].dtype == torch.uint8
-        assert torch.allclose(stored["weights"].sum(-1), torch.ones(2))
-        dense = pcs.user_weights(q.user_id)
-        assert (dense > 0).sum(-1).tolist() == [1, 1]
-    assert torch.allclose(pcs.user_weights("nobody"), torch.full((2, 2), 0.5))
+        assert set(stored) == {"weights"} and stored["weights"].shape == (n_modules, 2)
+        assert torch.allclose(stored["weights"].sum(-1), torch.ones(n_modules))
+        assert ((stored["weights"] > 0).sum(-1) == 1).all()  # top-1 of one batch: one piece per projection
+    assert torch.allclose(pcs.user_weights("nobody"), torch.full((n_modules, 2), 0.5))
     examples = pcs.question_examples(target)
+    assert all("REWRITTEN" not in e.prompt for e in examples)  # questions are asked as they are
     assert len(pcs.generate(examples)) == 2
-    assert pcs.bank.weights is None  # per-call state is cleared
+    assert pcs.bank.mode == "off" and pcs.bank.weights is None  # per-call state is cleared
     pcs.save(tmp_path)
 
+    # a rerun keeps every sharer whose LoRA and gates were made from the same start, recipe and pairs
+    monkeypatch.setattr(OppuBaseline, "train_user", refuse)
+    again = make_baseline("perpcs", tiny_backbone(), TASK, tmp_path, overrides, history_inputs=rewritten(target))
+    assert again.build_anchors(sharers, rewritten(sharers)) == anchors
+    for mine, theirs in zip(pcs.layers, again.layers, strict=True):
+        assert torch.equal(mine.gates, theirs.gates)
     loaded = PerPcsBaseline.load(tmp_path, tiny_backbone())
     assert loaded.anchors == sorted(anchors)
     for q in target.questions:
         assert torch.equal(loaded.user_weights(q.user_id), pcs.user_weights(q.user_id))
+    for mine, theirs in zip(pcs.layers, loaded.layers, strict=True):
+        assert torch.equal(mine.gates, theirs.gates)
 
 
-def test_pplug_trains_only_the_plug_and_round_trips(sample, tmp_path):
+def test_pplug_prepends_its_instruction_embedding_and_a_personal_one_at_the_llms_embedding_norm(sample, tmp_path):
     target = subset(sample["test"], 2)
     backbone = tiny_backbone()
     frozen = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
     plug = make_baseline("pplug", backbone, TASK, tmp_path, {**SMALL, "max_records": 4, "epochs": 0.5})
+    norm = float(backbone.model.get_input_embeddings().weight.norm(dim=-1).mean())
+    assert float(plug.plug.token_norm) == pytest.approx(norm)
     start = {n: p.detach().clone() for n, p in plug.plug.named_parameters()}
     plug.fit(target)
-    assert any(not torch.equal(start[n], p) for n, p in plug.plug.named_parameters())
+    assert not torch.equal(start["instruction"], plug.plug.instruction)  # the instruction embedding is trained
+    assert any(not torch.equal(start[n], p) for n, p in plug.plug.named_parameters() if n.startswith("project."))
     assert all(torch.equal(frozen[n], p) for n, p in backbone.model.named_parameters())
 
     examples = plug.question_examples(target)
     assert all(len(e.context.record_texts) == 4 for e in examples)
-    token = plug.soft_token(examples)
-    assert token.shape == (2, 1, backbone.hidden_size)
+    tokens = plug.soft_token(examples)
+    assert tokens.shape == (2, 2, backbone.hidden_size)
+    with torch.no_grad():
+        instruction = plug.plug.project_instruction(plug.plug.instruction) * norm / 7.0
+    assert torch.allclose(tokens[0, 0], instruction, atol=1e-5) and torch.allclose(tokens[1, 0], instruction, atol=1e-5)
+    assert not torch.allclose(tokens[0, 1], tokens[1, 1])  # the personal token is each user's own
+    fresh = plug.builder.for_query("new", "a review", [])
+    alone = plug.soft_token([fresh])
+    assert torch.isfinite(alone).all() and torch.allclose(alone[0, 0], instruction, atol=1e-5)
     assert len(plug.generate(examples)) == 2
     plug.save(tmp_path)
     loaded = PPlugBaseline.load(tmp_path, tiny_backbone())
-    assert torch.allclose(loaded.soft_token(examples), token, atol=1e-6)
-    fresh = loaded.builder.for_query("new", "a review", [])
-    assert torch.isfinite(loaded.soft_token([fresh])).all()  # no history: a finite default token
+    assert torch.allclose(loaded.soft_token(examples), tokens, atol=1e-6)
+
+    # scaled to the LLM's own token size: the same plug on a backbone with 3x the embeddings gives 3x the tokens
+    louder = tiny_backbone()
+    with torch.no_grad():
+        louder.model.get_input_embeddings().weight.mul_(3.0)
+    assert input_embedding_norm(louder) == pytest.approx(3 * norm, rel=1e-5)
+    first = PPlugBaseline(tiny_backbone(), plug.config, plug.encoder).soft_token(examples)
+    second = PPlugBaseline(louder, plug.config, plug.encoder).soft_token(examples)
+    assert torch.allclose(second, 3 * first, atol=1e-4)
 
 
 def test_cli_runs_a_baseline_end_to_end(sample, tmp_path):

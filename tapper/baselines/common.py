@@ -16,7 +16,7 @@ from tapper.batching import truncate_text
 from tapper.data.records import LampSplit, ProfileItem
 from tapper.data.tasks import Task
 from tapper.examples import Example, ExampleBuilder
-from tapper.experiment import VariantResult
+from tapper.experiment import VariantResult, shown_prompts
 from tapper.io_utils import atomic_write_text
 from tapper.metrics import evaluate
 from tapper.predict import predict_examples
@@ -40,6 +40,11 @@ class BaselineConfig:
     show_progress: bool = True
     stage2_epochs: float = 1.0  # TAP-PER's stage-2 passes over the target histories: the same-budget reference
     constrain_answers: bool = False  # closed-label tasks: greedy decoding within the task's labels
+    # The optimisation recipe every stage of TAP-PER follows (TrainConfig), and with it every peer's training:
+    # linear warmup over this share of the steps, then linear decay; AdamW weight decay; gradient clipping.
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 0.3
 
     def answers(self, task: Task) -> tuple[str, ...] | None:
         """The label set to decode within, when constrained (None: free text)."""
@@ -57,6 +62,7 @@ class BaselineConfig:
             "batch_size": cfg.batch_size, "seed": cfg.seed, "stage2_epochs": cfg.stage2_epochs,
             "constrain_answers": tcfg.constrain_answers,
         }
+        shared.update({k: getattr(cfg, k) for k in RECIPE_KEYS if hasattr(cfg, k)})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -65,7 +71,11 @@ class BaselineConfig:
 
     def loop(self, lr: float, epochs: float = 1.0, max_steps: int | None = None) -> LoopConfig:
         return LoopConfig(lr=lr, epochs=epochs, max_steps=max_steps, batch_size=self.batch_size, seed=self.seed,
-                          show_progress=self.show_progress)
+                          weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio, decay="linear",
+                          max_grad_norm=self.max_grad_norm, show_progress=self.show_progress)
+
+
+RECIPE_KEYS = ("warmup_ratio", "weight_decay", "max_grad_norm")  # TrainConfig fields the peers' loops share
 
 
 def save_config(config: BaselineConfig, method: str, directory: Path) -> None:
@@ -119,7 +129,8 @@ def run_baseline(method: Baseline, target: LampSplit, batch_size: int = 16, show
     preds, raw = predict_examples(method.generate, examples, method.task, batch_size, method.name, show_progress)
     predict_seconds = time.perf_counter() - began
     metrics = evaluate(method.task, target.golds, preds) if target.golds else {}
-    return VariantResult(method.name, metrics, method.per_user_params, train_seconds, predict_seconds, preds, raw)
+    return VariantResult(method.name, metrics, method.per_user_params, train_seconds, predict_seconds, preds, raw,
+                         shown_prompts(examples))
 
 
 def truncate_record(item: ProfileItem, tokenizer, max_tokens: int) -> ProfileItem:
@@ -188,6 +199,20 @@ def _make(method: str, backbone: Backbone, task: str, workdir: Path, ov: dict[st
     if method == "pplug":
         return PPlugBaseline(backbone, PPlugConfig.for_task(task, **ov))
     raise KeyError(f"unknown baseline {method!r}; known: {', '.join(METHODS)}")
+
+
+def nonpersonal_backbone(tuned: Backbone, nonpersonal_dir: str | Path) -> Backbone:
+    """The same-budget non-personalized model as a plain backbone: a copy of the task-tuned `tuned` with the
+    LoRA that the non-personalized variant trained on the target users' histories (its saved run's bridge,
+    tapper.baselines.nonpersonal) merged in. OPPU starts from it, as its reference starts from the task model."""
+    from tapper.experiment import copy_backbone
+    from tapper.prefix.model import BRIDGE_DIR, merge_task_adapter
+
+    bridge = Path(nonpersonal_dir) / BRIDGE_DIR
+    if not (bridge / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{bridge} holds no saved LoRA: train the non-personalized variant first "
+                                "(tapper.experiment.run_variant with nonpersonal_config)")
+    return merge_task_adapter(copy_backbone(tuned), bridge)
 
 
 def task_tuned_backbone(backbone: Backbone, task: str, run_dir: str | Path, stage1_split: LampSplit | None = None,

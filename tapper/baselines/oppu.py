@@ -1,4 +1,19 @@
-"""OPPU: one LoRA per user (r=8 on the query and value projections) on top of the merged task LoRA.
+"""OPPU: one LoRA per user (r=8 on the query and value projections), fitted on that user's history.
+
+Follows Tan et al. (2024), "Democratizing Large Language Models via Personalized Parameter-Efficient
+Fine-tuning", and its reference code (TamSiuhin/OPPU, OPPU.py): per user, a fresh LoRA with r=8,
+alpha=8, dropout 0.05 on q_proj and v_proj, trained on that user's history items turned into task pairs
+for 2 epochs at lr 1e-4 (AdamW, weight decay 0.01, 10% warmup then linear decay, gradient clipping 0.3),
+on top of a base model already tuned to the task and merged. Our base is the *same-budget
+non-personalized model* (tapper.baselines.common.nonpersonal_backbone: the stage-1 task LoRA plus the
+LoRA that the non-personalized variant trained on all target users' histories, both merged), so that
+OPPU is measured against the model it starts from and every user's LoRA adds only what that user is.
+
+Departs from the reference in: history pairs per user (capped at the harness's `max_history_pairs`,
+the same pairs every method trains on, where the reference uses every history item), batch size (the
+harness's), and the answer: greedy, one line, as every method here (the reference samples at
+temperature 0.1). With a handful of pairs per user, 2 epochs at 1e-4 are a handful of small steps: the
+reference's setting, kept as it is rather than tuned to our data.
 
 One peft adapter slot lives in the model; each user's weights are a safetensors file of their own.
 Training a user resets the slot to the same initial weights, fits it on that user's history pairs with
@@ -47,11 +62,11 @@ FIT_STAMP_KEY = "tapper_fit"  # safetensors metadata: what the adapter was train
 @dataclass
 class OppuConfig(BaselineConfig):
     r: int = 8
-    alpha: int = 16
+    alpha: int = 8
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "v_proj")
-    lr: float = 1e-3
-    epochs: float = 5.0  # over one user's few history pairs (a handful of steps)
+    lr: float = 1e-4
+    epochs: float = 2.0  # over one user's history pairs, as the reference
 
 
 def user_file_name(user_id: str) -> str:

@@ -1,8 +1,20 @@
-"""PAG: RAG plus a short profile summary of the user, written by the backbone offline and cached.
+"""PAG: RAG plus a short profile summary of the user, written by the backbone offline and cached, read by
+a backbone fine-tuned on prompts of that form.
+
+Follows Richardson et al. (2023), "Integrating summarization and retrieval for enhanced personalization"
+(PAG: an LLM writes a summary of the user's profile offline; the prompt carries it before the retrieved
+records), in the fine-tuned setting LaMP uses for RAG (see tapper.baselines.rag): the task LoRA is trained
+like stage 1 on the other users' pairs, each prompt carrying that user's summary and the pair's records.
 
 The summary reads the user's most recent records (rendered with the task's record template) and is
 generated once per (user, history): the cache is a JSON file keyed by user id + a hash of the history
 and of the summarizer, so a user whose history grows gets a new summary and nothing stale is reused.
+
+Departs from the paper in: the summarizer is the untuned backbone (there: a much larger instruction-tuned
+LLM), and, for the cost of it, each stage-1 user gets ONE summary for all of that user's training pairs:
+it reads the records strictly before the user's earliest training pair (before the replayed history
+pairs, when stage 1 has them), so no training answer is ever inside its own prompt's summary. That is
+one summary per stage-1 user (the price: one generation per user, cached) instead of one per pair.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tapper.backbone import Backbone
 from tapper.baselines.common import load_config, save_config, truncate_record
@@ -20,6 +33,9 @@ from tapper.data.records import LampSplit, ProfileItem, Question
 from tapper.examples import Example
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_text
+
+if TYPE_CHECKING:
+    from tapper.train import TrainConfig
 
 log = logging.getLogger(__name__)
 SUMMARIES_NAME = "profile_summaries.json"
@@ -72,28 +88,48 @@ class PagBaseline(RagBaseline):
         self.summarize(target.questions)
 
     def summarize(self, questions: list[Question]) -> dict[str, str]:
-        todo: dict[str, Question] = {}
-        for q in questions:
-            key = self.cache_key(q.user_id, q.profile)
-            if key in self.cache:
-                self.by_user[q.user_id] = self.cache[key]
-            else:
-                todo[key] = q
-        keys = list(todo)
+        """Each question's user summarized from that question's profile (user id -> summary)."""
+        texts = self.summaries([(q.user_id, q.profile) for q in questions])
+        for q, text in zip(questions, texts, strict=True):
+            self.by_user[q.user_id] = text
+        return self.by_user
+
+    def summaries(self, histories: list[tuple[str, list[ProfileItem]]]) -> list[str]:
+        """One summary per (user id, history), generated where the cache has none, in batches."""
+        keys = [self.cache_key(user_id, history) for user_id, history in histories]
+        todo: dict[str, list[ProfileItem]] = {}
+        for key, (_, history) in zip(keys, histories, strict=True):
+            if key not in self.cache:
+                todo.setdefault(key, history)
+        missing = list(todo)
         cfg = self.config
-        for start in range(0, len(keys), cfg.summary_batch_size):
-            chunk = keys[start:start + cfg.summary_batch_size]
-            prompts = [self.summarizer.format_prompt(self._summary_input(todo[k].profile)) for k in chunk]
+        for start in range(0, len(missing), cfg.summary_batch_size):
+            chunk = missing[start:start + cfg.summary_batch_size]
+            prompts = [self.summarizer.format_prompt(self._summary_input(todo[k])) for k in chunk]
             texts = generate_batch(self.summarizer.model, self.summarizer.tokenizer, prompts, None,
                                    cfg.summary_tokens)
             for key, text in zip(chunk, texts, strict=True):
                 self.cache[key] = text.strip()
-                self.by_user[todo[key].user_id] = self.cache[key]
-        self.generated += len(keys)
-        if keys:
-            log.info("PAG: wrote %d profile summaries (%d from the cache)", len(keys), len(questions) - len(keys))
+        self.generated += len(missing)
+        if missing:
+            log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
             self._write_cache()
-        return self.by_user
+        return [self.cache[k] for k in keys]
+
+    def training_profiles(self, stage1_split: LampSplit, cfg: TrainConfig) -> dict[str, str]:
+        """Stage-1 pair id -> its user's summary line. One summary per stage-1 question, of the records before
+        the earliest pair trained on (stage 1 replays each user's latest `stage1_history_pairs` records)."""
+        qs = stage1_split.questions[:cfg.stage1_max_examples] if cfg.stage1_max_examples else stage1_split.questions
+        replayed = cfg.stage1_history_pairs
+        histories = [(q.user_id, q.profile[:max(0, len(q.profile) - replayed)] if replayed else q.profile)
+                     for q in qs]
+        out: dict[str, str] = {}
+        for q, text in zip(qs, self.summaries(histories), strict=True):
+            line = self.profile_line(text)
+            out[q.id] = line
+            for item in q.profile[-replayed:] if replayed else []:
+                out.setdefault(f"{q.user_id}/{item.id}", line)
+        return out
 
     def _summary_input(self, history: list[ProfileItem]) -> str:
         tok = self.summarizer.tokenizer
@@ -105,9 +141,21 @@ class PagBaseline(RagBaseline):
         if self.cache_path is not None:
             atomic_write_text(self.cache_path, json.dumps(self.cache, ensure_ascii=False, indent=1) + "\n")
 
-    def profile_text(self, example: Example) -> str:
-        summary = self.by_user.get(example.user_id, "")
+    def fine_tune(self, stage1_split: LampSplit, run_dir: str | Path, tcfg=None, cfg=None) -> Backbone:
+        """As RAG's; a summarizer that is the backbone itself is copied first, so that the summaries go on
+        being written by the untuned model after the backbone is tuned in place."""
+        if self.summarizer is self.backbone:
+            from tapper.experiment import copy_backbone
+
+            self.summarizer = copy_backbone(self.backbone)
+        return super().fine_tune(stage1_split, run_dir, tcfg, cfg)
+
+    @staticmethod
+    def profile_line(summary: str) -> str:
         return f"User profile: {summary}\n" if summary else ""
+
+    def profile_text(self, example: Example) -> str:
+        return self.profile_line(self.by_user.get(example.user_id, ""))
 
     def question_examples(self, split: LampSplit) -> list[Example]:
         self.summarize(split.questions)

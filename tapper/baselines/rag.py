@@ -1,14 +1,26 @@
-"""RAG: the user's top-k history records written into the prompt with LaMP's per-task record templates.
+"""RAG: the user's top-k history records written into the prompt with LaMP's per-task record templates,
+read by a backbone fine-tuned on prompts of that very form (LaMP's fine-tuned RAG setting).
 
-Records are chosen by the shared selection rule (tapper.examples: top-k among strictly earlier records,
-any registered retriever: "bm25", "dense", "rfmem"), rendered by `Task.rag_prompt`, and the prompt goes
-to the task-tuned backbone as it is: nothing is trained beyond the shared stage-1 task LoRA.
+Follows LaMP (Salemi et al., 2023), "fine-tuned" retrieval augmentation: the model that answers is trained
+on the task with each training input already carrying its retrieved records, so it has learned to use
+them. Here that training is a task LoRA made exactly like TAP-PER's stage 1 (`tapper.train.train_task_lora`:
+the same other users' pairs from `tapper.train.question_pairs`, the same recipe, budget, resume and stamp)
+except that every training prompt carries the records selected for that pair, and it is trained from the
+zero-shot backbone, not on top of stage 1 (`fine_tune`). Records are chosen by the one rule every method
+shares (tapper.examples: top-k among strictly earlier records, any registered retriever: "bm25",
+"dense", "rfmem") and rendered by `Task.rag_prompt` around the example's task input.
+
+Departs from LaMP in: the backbone (a causal LM with a LoRA, where LaMP fine-tunes FlanT5 whole), k=4
+records each cut to `max_record_tokens` (LaMP varies k; a small model's context is short), and the number
+of training passes, which is stage 1's so that the budget is the same. Without `fine_tune` the prompt goes
+to whatever backbone the method was given (e.g. the stage-1 model: RAG without training on its format).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tapper.backbone import Backbone
 from tapper.baselines.common import BaselineConfig, load_config, save_config, truncate_record
@@ -16,6 +28,10 @@ from tapper.data.records import LampSplit
 from tapper.data.tasks import get_task
 from tapper.examples import Example, ExampleBuilder
 from tapper.generate import generate_batch
+
+if TYPE_CHECKING:
+    from tapper.prefix.config import TapperConfig
+    from tapper.train import TrainConfig
 
 
 @dataclass
@@ -34,25 +50,64 @@ class RagBaseline:
         self.config = config
         self.task = get_task(config.task)
         self.builder = ExampleBuilder(self.task, backbone, config.k, config.retriever, config.max_input_tokens)
+        self.fine_tuned = False  # set by fine_tune: the backbone has learned to read records
 
     @property
     def per_user_params(self) -> int:
         return 0
 
     def fit(self, target: LampSplit) -> None:
-        """Nothing to learn: the task-tuned backbone reads the records as they are."""
+        """Nothing to learn from the target users: the records are read as they are (see fine_tune)."""
+
+    # -- fine-tuning with the records in the prompt (LaMP's fine-tuned setting) ---------------------------
+
+    def training_examples(self, stage1_split: LampSplit, cfg: TrainConfig) -> list[Example]:
+        """Stage 1's pairs (other users' questions with their golds, plus their latest history pairs as
+        `cfg` says), each prompt carrying the records the shared rule selects for it. The builder is a fresh
+        one, as stage 1's: `history_inputs` name the target users' records only, and would drop these."""
+        from tapper.train import question_pairs
+
+        builder = ExampleBuilder(self.task, self.backbone, self.config.k, self.config.retriever,
+                                 self.config.max_input_tokens)
+        pairs = question_pairs(builder, stage1_split, cfg.stage1_max_examples, cfg.stage1_history_pairs)
+        profiles = self.training_profiles(stage1_split, cfg)
+        return [self.render(e, profiles.get(e.example_id, "")) for e in pairs]
+
+    def training_profiles(self, stage1_split: LampSplit, cfg: TrainConfig) -> dict[str, str]:
+        """example id -> text put before the records of that training pair (PAG's summary); none for RAG."""
+        return {}
+
+    def fine_tune(self, stage1_split: LampSplit, run_dir: str | Path, tcfg: TapperConfig | None = None,
+                  cfg: TrainConfig | None = None) -> Backbone:
+        """Train a task LoRA like stage 1 but on prompts with their records, from this method's backbone
+        (give it the zero-shot one), merge it, and answer with it from now on. Kept in run_dir/task_adapter
+        with stage 1's stamp: a rerun with the same pairs and settings reuses it, a killed one resumes."""
+        from tapper.train import resolve_configs, train_task_lora
+
+        if tcfg is None or cfg is None:
+            tcfg, cfg = resolve_configs(self.config.task, {"backbone": self.backbone.name})
+        examples = self.training_examples(stage1_split, cfg)
+        self.backbone = train_task_lora(self.backbone, examples, tcfg, cfg, Path(run_dir))
+        self.builder.backbone = self.backbone
+        self.fine_tuned = True
+        return self.backbone
+
+    # -- prompts ------------------------------------------------------------------------------------------
 
     def profile_text(self, example: Example) -> str:
         """Text put before the records (PAG's summary); none for plain RAG."""
         return ""
 
-    def with_records(self, example: Example) -> Example:
-        """The example with its selected records written into the prompt. The selection itself is the
-        builder's (the one rule every method shares), so the records are rendered after it ran."""
+    def render(self, example: Example, profile: str = "") -> Example:
+        """The example with `profile` and its selected records written into the prompt around its task
+        input. The selection itself is the builder's (the one rule every method shares)."""
         tok = self.backbone.tokenizer
         records = [truncate_record(r, tok, self.config.max_record_tokens) for r in example.records]
-        text = self.profile_text(example) + self.task.rag_prompt(example.input, records)
+        text = profile + self.task.rag_prompt(example.input, records)
         return replace(example, prompt=self.backbone.format_prompt(text))
+
+    def with_records(self, example: Example) -> Example:
+        return self.render(example, self.profile_text(example))
 
     def question_examples(self, split: LampSplit) -> list[Example]:
         return [self.with_records(self.builder.for_question(q)) for q in split.questions]
