@@ -4,12 +4,15 @@
     .venv/bin/python bench/quality.py --task LaMP_3 --users 69              # Amazon Beauty -> LaMP-3
     .venv/bin/python bench/quality.py --task LaMP_4 --users 100             # HuffPost -> LaMP-4
     .venv/bin/python bench/quality.py --task LaMP_2N --users 96             # HuffPost -> LaMP-2N
+    .venv/bin/python bench/quality.py --task LaMP_2                         # MovieLens + TMDB -> LaMP-2 (movies)
+    .venv/bin/python bench/quality.py --task LaMP_5R                        # Reddit posts -> LaMP-5R (titles)
+    .venv/bin/python bench/quality.py --task LaMP_3 --source magazine       # Amazon Magazines -> LaMP-3
     .venv/bin/python bench/quality.py --task LaMP_3 --users 4 --backbone tiny --stage1-users 8 \
         --out /tmp/q --runs /tmp/q/runs                                     # smoke check (~2 min)
 
 Users. LaMP-7: the dev questions, shuffled with --seed; the first --users are the targets, the next
 --stage1-users the "other users" of stage 1; --val-users K scores instead the K users after those (same stage 1),
-so a setting can be chosen without looking at the targets. LaMP-3/-4/-2N are built from the raw dumps with each user's
+so a setting can be chosen without looking at the targets. The other tasks are built from the raw dumps with each user's
 latest item as the query and everything earlier as the profile (the builders' "user" split, pooled);
 targets are --users users with at least --min-profile earlier items, sampled with --seed, and stage 1 uses
 the latest items of every other user (up to --stage1-users).
@@ -72,6 +75,12 @@ SOURCES = {
     "LaMP_3": ("amazon-lamp3", SHARED_DATA / "amazon2018" / "All_Beauty_5.json"),
     "LaMP_4": ("huffpost-lamp4", SHARED_DATA / "huffpost" / "News_Category_Dataset_v2.partial.json"),
     "LaMP_2N": ("huffpost-lamp2n", SHARED_DATA / "huffpost" / "News_Category_Dataset_v2.partial.json"),
+    "LaMP_2": ("movielens-lamp2", SHARED_DATA / "movielens"),
+    "LaMP_5R": ("reddit-lamp5r", SHARED_DATA / "reddit" / "reddit_college_posts.jsonl"),
+}
+# Other raw dumps of a task (--source): name -> (task, builder, dump). Results go to quality_<task>_<name>.
+OTHER_SOURCES = {
+    "magazine": ("LaMP_3", "amazon-lamp3", SHARED_DATA / "amazon2018" / "Magazine_Subscriptions_5.json"),
 }
 CORE = ["floors", "zero-shot", "task-lora", "nonpersonal", "tapper", "rag", "pag", "oppu", "perpcs", "pplug",
         "onboard"]
@@ -124,10 +133,10 @@ def lamp7_users(n: int, n_stage1: int, seed: int, n_val: int = 0
     return _subset(qs[:n], split.golds, "LaMP_7"), stage1_users, _subset(qs[n:], split.golds, "LaMP_7"), info
 
 
-def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int
+def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int, source: str | None = None
                 ) -> tuple[LampSplit, LampSplit, LampSplit, dict]:
     """Latest item per user as the query (the builders' user split, its three parts pooled)."""
-    name, path = SOURCES[task]
+    name, path = SOURCES[task] if source is None else OTHER_SOURCES[source][1:]
     built = BUILDERS[name](path, split="user", seed=seed, min_profile=0)
     questions = [q for part in built.values() for q in part.questions]
     golds = {k: v for part in built.values() for k, v in (part.golds or {}).items()}
@@ -219,6 +228,9 @@ class Runner:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
+    ap.add_argument("--source", choices=list(OTHER_SOURCES), default=None,
+                    help="build the task from another dump: " + ", ".join(
+                        f"{k} ({path.name} -> {t})" for k, (t, _, path) in OTHER_SOURCES.items()))
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--stage1-users", type=int, default=300)
     ap.add_argument("--min-profile", type=int, default=3, help="built tasks: earlier items a target user needs")
@@ -261,8 +273,11 @@ def main() -> None:
         ap.error(f"unknown method(s) {unknown}; known: {', '.join(CORE + list(ABLATIONS))}")
     if args.ablations:
         wanted += list(ABLATIONS)
-    runs = args.runs or ROOT / "runs" / "quality" / f"{task}-n{args.users}-s{args.seed}-{args.backbone}"
-    result = Result(f"quality_{task}", f"Quality on {task}: every method, same backbone and users", {})
+    if args.source is not None and OTHER_SOURCES[args.source][0] != task:
+        ap.error(f"--source {args.source} builds {OTHER_SOURCES[args.source][0]}, not {task}")
+    label = task if args.source is None else f"{task}_{args.source}"  # names the runs dir and the results
+    runs = args.runs or ROOT / "runs" / "quality" / f"{label}-n{args.users}-s{args.seed}-{args.backbone}"
+    result = Result(f"quality_{label}", f"Quality on {label}: every method, same backbone and users", {})
 
     if task == "LaMP_7":
         target, others, pool, data_info = lamp7_users(args.users, args.stage1_users, args.seed, args.val_users)
@@ -270,7 +285,7 @@ def main() -> None:
         ap.error("--val-users is only defined for LaMP_7 (the built tasks have no users to spare)")
     else:
         target, others, pool, data_info = built_users(task, args.users, args.stage1_users, args.seed,
-                                                      args.min_profile)
+                                                      args.min_profile, args.source)
     golds = target.golds or {}
     tcfg, cfg = resolve_configs(task, {"backbone": args.backbone, **model_over}, {"seed": args.seed, **train_over})
     # the peers' harness settings come from the same resolved configs, so --set reaches every method
@@ -427,7 +442,7 @@ def main() -> None:
     columns += ["per-user params", "train s", "predict s"]
     direction = "higher" if higher_better else "lower"
     who = "validation" if args.val_users else "target"
-    result.tables.append(Table(f"{task}: {len(target.questions)} {who} users, {len(others.questions)} stage-1 "
+    result.tables.append(Table(f"{label}: {len(target.questions)} {who} users, {len(others.questions)} stage-1 "
                                f"users, backbone {backbone.name} ({direction} {primary} is better)", columns, rows))
     result.data.update({
         "task": task, "seed": args.seed, "backbone": backbone.name, "target_users": len(target.questions),

@@ -6,10 +6,14 @@ import statistics
 from collections import Counter
 
 from tapper.data.records import LampSplit, Question
+from tapper.data.tasks import get_task
 
 LAMP7_INSTRUCTION = "Paraphrase the following tweet without any explanation before or after it: "
 LAMP4_INSTRUCTION = "Generate a headline for the following article: "
 LEAD_WORDS = 12  # about a HuffPost headline's length
+REDDIT_LEAD_WORDS = 8  # the median Reddit title in words (reddit_college_posts, LaMP_5R)
+# classification tasks whose profile items carry the label in this field
+LABEL_FIELDS = {"LaMP_2N": "category", "LaMP_2": "tag"}
 
 
 def lead_words(text: str, n: int = LEAD_WORDS) -> str:
@@ -33,13 +37,27 @@ def floors(task: str, target: LampSplit, others: LampSplit | None = None) -> dic
     if task == "LaMP_3":
         out["user's mean past rating (floor)"] = {q.id: mean_past_rating(q) for q in target.questions}
         out["always 5 (floor)"] = {q.id: "5" for q in target.questions}
-    if task == "LaMP_2N" and others is not None and others.golds:
+    if task == "LaMP_5R":
+        out[f"first {REDDIT_LEAD_WORDS} words of the post (floor)"] = {
+            q.id: lead_words(content(task, q.input), REDDIT_LEAD_WORDS) for q in target.questions}
+        out["user's most recent past title (floor)"] = {
+            q.id: str(q.profile[-1].get("title", "")) if q.profile else lead_words(content(task, q.input),
+                                                                                  REDDIT_LEAD_WORDS)
+            for q in target.questions}
+    label = LABEL_FIELDS.get(task)
+    if label is not None and others is not None and others.golds:
         majority = Counter(others.golds.values()).most_common(1)[0][0]
-        out[f"majority category, '{majority}' (floor)"] = {q.id: majority for q in target.questions}
+        out[f"majority {label}, '{majority}' (floor)"] = {q.id: majority for q in target.questions}
 
         def user_majority(q: Question) -> str:
-            seen = Counter(p.get("category") for p in q.profile if p.get("category"))
+            seen = Counter(p.get(label) for p in q.profile if p.get(label))
             return seen.most_common(1)[0][0] if seen else majority
 
-        out["user's most frequent past category (floor)"] = {q.id: user_majority(q) for q in target.questions}
+        out[f"user's most frequent past {label} (floor)"] = {q.id: user_majority(q) for q in target.questions}
     return out
+
+
+def content(task: str, text: str) -> str:
+    """The content of a query input (the post, the article) without the task's instruction."""
+    parts = get_task(task).split_input(text)
+    return text if parts is None else parts[1]

@@ -17,6 +17,8 @@ class Source(StrEnum):
     amazon_lamp3 = "amazon-lamp3"
     huffpost_lamp4 = "huffpost-lamp4"
     huffpost_lamp2n = "huffpost-lamp2n"
+    movielens_lamp2 = "movielens-lamp2"
+    reddit_lamp5r = "reddit-lamp5r"
 
 
 class SplitKind(StrEnum):
@@ -38,14 +40,24 @@ def _clean_errors() -> Iterator[None]:
 @data_app.command("build")
 def build(
     source: Annotated[Source, typer.Argument(help="which raw dump -> which LaMP task")],
-    input_path: Annotated[Path, typer.Option("--input", help="the raw JSON-lines dump")],
+    input_path: Annotated[Path, typer.Option(
+        "--input", help="the raw JSON-lines dump; for movielens-lamp2 the folder of HetRec, links and TMDB files")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="folder for the six LaMP files")],
     split: Annotated[SplitKind, typer.Option(help="time: all users in each split; user: disjoint")] = "time",
     seed: Annotated[int, typer.Option(help="shuffles users (user split, --max-users)")] = 0,
     min_profile: Annotated[int, typer.Option(help="earlier records every question needs")] = 5,
     max_users: Annotated[int | None, typer.Option(help="keep at most this many users")] = None,
 ) -> None:
-    """Build a LaMP task from a raw dump and write it in LaMP's file layout."""
+    """Build a LaMP task from a raw dump and write it in LaMP's file layout.
+
+    amazon-lamp3: any Amazon Reviews 2018 5-core file -> LaMP_3 (product rating).
+
+    huffpost-lamp4, huffpost-lamp2n: HuffPost News Category -> LaMP_4 (headlines), LaMP_2N (news categories).
+
+    movielens-lamp2: MovieLens HetRec tags + TMDB overviews -> LaMP_2 (movie tagging, 15 tags).
+
+    reddit-lamp5r: Reddit posts -> LaMP_5R (post title generation; LaMP-5's shape, not its abstracts).
+    """
     from tapper.data.builders import BUILDERS
     from tapper.data.lamp_io import write_split
 

@@ -1,32 +1,39 @@
-"""Build LaMP tasks from raw dumps the way LaMP did: Amazon reviews -> LaMP-3, HuffPost -> LaMP-4 / LaMP-2N.
+"""Build LaMP tasks from raw dumps the way LaMP did: Amazon reviews -> LaMP-3, HuffPost -> LaMP-4 / LaMP-2N,
+MovieLens tags + TMDB overviews -> LaMP-2 (movie tagging), Reddit posts -> LaMP-5R (post title generation).
 
 Each raw record of a user is an `Event`: the profile item it is in the user's history, and the question
 it would be if it were the user's latest record. A user's events are ordered by (day, tie), and a
 question's profile is every event strictly before it in that order, so no profile ever sees the future.
+Some events are profile items only (`askable=False`: a movie's second tag), so a question is always
+about a record whose own answer appears nowhere in its profile.
 
 Splits:
 - "user": one question per user (the latest event); users shuffled with the seed into train/dev/test
   60/20/20, so no user is in two splits.
 - "time": every user in every split; test asks the latest event, dev the 2nd latest, train the 3rd.
+(Latest among the askable events, in both.)
 
 Everything skipped on purpose is counted in the `BuildSummary` that comes back with the splits.
 """
 
 from __future__ import annotations
 
+import csv
+import html
 import json
 import logging
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from tapper.data.lamp_io import LampFormatError, format_day, parse_date
 from tapper.data.records import LampSplit, ProfileItem, Question
-from tapper.data.tasks import NEWS_CATEGORIES, get_task
+from tapper.data.tasks import MOVIE_TAGS, NEWS_CATEGORIES, get_task
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,27 @@ def map_news_category(category: str) -> str | None:
     return NEWS_CATEGORY_MAP.get(category.strip().lower())
 
 
+# MovieLens tag (lower-cased, spaces collapsed) -> LaMP-2 tag, for tags that are the same tag written
+# otherwise. HetRec strips hyphens from tags ("scifi", "thoughtprovoking"); the rest are the same words
+# with or without an article or with a plain synonym (a novel is a book). Left unmapped on purpose,
+# because they say something narrower or other than the LaMP tag: adjective forms ("violent", "dystopian",
+# "romantic", "psychological", "twisted"), qualified tags ("cult classic", "dark fantasy", "plot twist",
+# "ultraviolence", "based on a comic"), and "twist" alone.
+MOVIE_TAG_SYNONYMS: dict[str, str] = {
+    "scifi": "sci-fi", "sci fi": "sci-fi", "science fiction": "sci-fi",
+    "based on book": "based on a book", "based on a novel": "based on a book", "based on novel": "based on a book",
+    "thoughtprovoking": "thought-provoking", "thought provoking": "thought-provoking",
+    "based on a true story": "true story", "based on true story": "true story",
+    **{tag: tag for tag in MOVIE_TAGS},
+}
+assert set(MOVIE_TAG_SYNONYMS.values()) == set(MOVIE_TAGS), "every synonym must map onto a LaMP-2 tag"
+
+
+def map_movie_tag(tag: str) -> str | None:
+    """The LaMP-2 tag of a MovieLens tag (see MOVIE_TAG_SYNONYMS), or None when it is none of the 15."""
+    return MOVIE_TAG_SYNONYMS.get(" ".join(tag.lower().split()))
+
+
 @dataclass(frozen=True)
 class Event:
     """One raw record of a user: a profile item, and the question it becomes when it is the latest."""
@@ -67,6 +95,8 @@ class Event:
     fields: dict[str, Any]
     input: str
     output: str
+    # False: a profile item only, never a question (e.g. a movie's second tag, whose movie is asked once).
+    askable: bool = True
 
 
 @dataclass
@@ -81,6 +111,11 @@ class BuildSummary:
     lines: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     dropped_categories: Counter[str] = field(default_factory=Counter)
+    # raw label -> the task label it was counted as (e.g. "scifi -> sci-fi"), with how many records
+    renamed_labels: Counter[str] = field(default_factory=Counter)
+    # whole things dropped, beside the lines they cost (e.g. "movies without a TMDB overview": 12)
+    dropped: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)  # anything else a reader of the build needs to know
     users_seen: int = 0
     users_too_few_records: int = 0
     users_over_max: int = 0
@@ -91,7 +126,8 @@ class BuildSummary:
         return {
             "task": self.task, "source": self.source, "split": self.split, "seed": self.seed,
             "min_profile": self.min_profile, "lines": self.lines, "skipped": dict(self.skipped),
-            "dropped_categories": dict(self.dropped_categories), "users_seen": self.users_seen,
+            "dropped_categories": dict(self.dropped_categories), "renamed_labels": dict(self.renamed_labels),
+            "dropped": dict(self.dropped), "notes": list(self.notes), "users_seen": self.users_seen,
             "users_too_few_records": self.users_too_few_records, "users_over_max": self.users_over_max,
             "users": dict(self.users), "questions": dict(self.questions),
         }
@@ -103,6 +139,11 @@ class BuildSummary:
         if self.dropped_categories:
             shown = ", ".join(f"{name} {count}" for name, count in self.dropped_categories.most_common())
             out.append(f"  categories outside LaMP-2N: {shown}")
+        if self.renamed_labels:
+            shown = ", ".join(f"{name} ({count})" for name, count in sorted(self.renamed_labels.items()))
+            out.append(f"  labels renamed: {shown}")
+        out += [f"  dropped {count} {what}" for what, count in sorted(self.dropped.items())]
+        out += [f"  {note}" for note in self.notes]
         out.append(f"  users: {self.users_seen} seen, {self.users_too_few_records} with too few records for "
                    f"min_profile={self.min_profile}, {self.users_over_max} over max_users")
         out += [f"  {name}: {self.users.get(name, 0)} users, {self.questions.get(name, 0)} questions"
@@ -127,9 +168,13 @@ def build_lamp3_from_amazon(
 ) -> BuiltSplits:
     """LaMP-3 (product rating) from an Amazon Reviews 2018 JSON-lines dump.
 
+    Works on any Amazon Reviews 2018 5-core file (All Beauty, Magazine Subscriptions, ...): it reads
+    `reviewerID`, `unixReviewTime`, `overall` (1-5, e.g. 4.0), `reviewText` and `summary`, and ignores the rest.
     Besides exact duplicate lines, Amazon repeats one review under every variant of a product (same
-    reviewer, text, summary, time and score; another asin). Left in, the query's own text and score
-    would sit in its profile, so by default such copies are merged into the first (and counted).
+    reviewer, text, summary, time and score; another asin), and some reviewers post one text on several
+    products on other days or with another summary or score. Left in, the query's own text would sit in
+    its profile, so by default every repeat of a reviewer's text is merged into its earliest copy (and
+    counted: exact copies and repeats with other details apart).
     """
     task = get_task("LaMP_3")
     summary = _summary(task.name, path, split, seed, min_profile)
@@ -156,6 +201,9 @@ def build_lamp3_from_amazon(
             fields["title"] = title
         fields["date"] = format_day(day)
         events.append(_event(task.name, user, str(number), day, number, fields, output=str(score)))
+    if merge_cross_listed:
+        events = _keep_earliest(events, lambda e: " ".join(e.fields["text"].split()), summary,
+                                "same review text again by its reviewer (other date, summary or score)")
     return _make_splits(task.name, events, split, seed, min_profile, max_users, summary)
 
 
@@ -193,10 +241,182 @@ def build_lamp2n_from_huffpost(
     return _make_splits(summary.task, events, split, seed, min_profile, max_users, summary)
 
 
+# The files build_lamp2_from_movielens reads from its folder.
+MOVIELENS_FILES = {
+    "tagged": "hetrec_user_taggedmovies-timestamps.dat", "tags": "hetrec_tags.dat", "movies": "hetrec_movies.dat",
+    "links": "movielens_links.csv", "tmdb": "tmdb_movies.csv",
+}
+
+
+def build_lamp2_from_movielens(
+    folder: str | os.PathLike[str], *, split: SplitKind = "time", seed: int = 0, min_profile: int = 5,
+    max_users: int | None = None,
+) -> BuiltSplits:
+    """LaMP-2 (movie tagging, "LaMP-2M") from MovieLens HetRec 2011 tags and TMDB overviews, as LaMP built it.
+
+    `folder` holds MOVIELENS_FILES: the HetRec tag assignments with timestamps (userID, movieID, tagID, unix
+    milliseconds; tab-separated), the HetRec tag names and movies (movieID -> imdbID; Latin-1), MovieLens
+    links (imdbId -> tmdbId) and TMDB movies (id -> overview). A tag assignment becomes a record when its
+    tag is one of LaMP-2's 15 (after MOVIE_TAG_SYNONYMS: "scifi" is sci-fi, "based on book" based on a
+    book) and its movie has a TMDB overview, the movie's description; every other line is skipped and
+    counted, and the movies dropped for want of an overview are counted apart.
+
+    One record per (user, movie, tag), so a profile says every tag a user gave a movie. A question is
+    asked about a movie once, at the first of the 15 tags the user gave it (earliest time, then file
+    order): that tag is its answer, and the movie's other tags, given at or after it, are profile items of
+    later questions only. So a question's own movie never appears in its profile, with or without its
+    answer. The same tag given to the same movie again is skipped.
+    """
+    base = Path(folder)
+    paths = {name: base / file for name, file in MOVIELENS_FILES.items()}
+    for path in paths.values():
+        if not path.is_file():
+            expected = ", ".join(MOVIELENS_FILES.values())
+            raise LampFormatError(base, "folder", None, f"no {path.name} in it (expected {expected})")
+    summary = _summary("LaMP_2", base, split, seed, min_profile)
+    tag_names = {row["id"]: row["value"] for _, row in _read_tsv(paths["tags"], ("id", "value"))}
+    imdb_of = {row["id"]: _int_cell(paths["movies"], where, row, "imdbID")
+               for where, row in _read_tsv(paths["movies"], ("id", "imdbID"))}
+    tmdb_of: dict[int, int] = {}  # imdbID -> tmdbId (the first row that has one)
+    for where, row in _read_csv(paths["links"], ("imdbId", "tmdbId")):
+        imdb = _int_cell(paths["links"], where, row, "imdbId")
+        if row["tmdbId"].strip() and imdb not in tmdb_of:
+            tmdb_of[imdb] = _int_cell(paths["links"], where, row, "tmdbId")
+    overview_of: dict[int, str] = {}  # tmdb id -> overview (the first non-empty one)
+    broken = f"malformed rows in {paths['tmdb'].name} (a stray field or a non-numeric id)"
+
+    def count_broken() -> None:
+        summary.dropped[broken] += 1
+
+    for _, row in _read_csv(paths["tmdb"], ("id", "overview"), malformed=count_broken):
+        tmdb_id = row["id"].strip()
+        if not (tmdb_id.isascii() and tmdb_id.isdigit()):
+            count_broken()
+        elif row["overview"].strip() and int(tmdb_id) not in overview_of:
+            overview_of[int(tmdb_id)] = row["overview"].strip()
+
+    candidates: list[Event] = []
+    movie_of: dict[str, str] = {}  # record id -> movieID
+    no_overview: set[str] = set()
+    tagged = paths["tagged"]
+    for where, row in _read_tsv(tagged, ("userID", "movieID", "tagID", "unixTimeStamp"), summary):
+        if row["tagID"] not in tag_names:
+            raise LampFormatError(tagged, where, "tagID", f"tag {row['tagID']!r} is not in {paths['tags'].name}")
+        if row["movieID"] not in imdb_of:
+            problem = f"movie {row['movieID']!r} is not in {paths['movies'].name}"
+            raise LampFormatError(tagged, where, "movieID", problem)
+        if not row["userID"].strip():
+            raise LampFormatError(tagged, where, "userID", "empty")
+        seconds = _int_cell(tagged, where, row, "unixTimeStamp") / 1000  # HetRec times are in milliseconds
+        day = _date_field(tagged, where, {"unixTimeStamp": seconds}, "unixTimeStamp")
+        raw_tag = tag_names[row["tagID"]]
+        tag = map_movie_tag(raw_tag)
+        if tag is None:
+            summary.skipped["tag outside the 15 LaMP-2 tags"] += 1
+            continue
+        if raw_tag != tag:
+            summary.renamed_labels[f"{raw_tag} -> {tag}"] += 1
+        description = overview_of.get(tmdb_of.get(imdb_of[row["movieID"]], -1))
+        if description is None:
+            summary.skipped["movie without a TMDB overview (no tmdbId for its imdbID, or no overview)"] += 1
+            no_overview.add(row["movieID"])
+            continue
+        number = where.removeprefix("line ")
+        movie_of[number] = row["movieID"]
+        fields = {"description": description, "tag": tag, "date": format_day(day)}
+        candidates.append(_event("LaMP_2", row["userID"].strip(), number, day, int(number), fields, output=tag))
+    if no_overview:
+        summary.dropped["movies without a TMDB overview (their tag lines skipped above)"] = len(no_overview)
+
+    events = _keep_earliest(candidates, lambda e: (movie_of[e.item_id], e.output), summary,
+                            "same tag on the same movie again by the same user")
+    asked: set[tuple[str, str]] = set()
+    for i, event in enumerate(events):  # in (user, day, tie) order: each movie is asked about its first tag
+        movie = (event.user, movie_of[event.item_id])
+        if movie in asked:
+            events[i] = replace(event, askable=False)
+        asked.add(movie)
+    later_tags = sum(not e.askable for e in events)
+    if later_tags:
+        summary.notes.append(f"{later_tags} record(s) are a further tag of a movie its user had tagged already: "
+                             "profile items only (each movie is asked once, about its first tag)")
+    return _make_splits(summary.task, events, split, seed, min_profile, max_users, summary)
+
+
+REDDIT_MIN_BODY_WORDS = 5  # a shorter body ("Title", "^", "Let me know") leaves the whole post in its title
+REDDIT_GONE_BODIES = ("[deleted]", "[removed]")
+REDDIT_SKIPPED_AUTHORS = ("[deleted]", "AutoModerator")
+_WORD = re.compile(r"\w")
+
+
+def build_lamp5r_from_reddit(
+    path: str | os.PathLike[str], *, split: SplitKind = "time", seed: int = 0, min_profile: int = 5,
+    max_users: int | None = None, min_body_words: int = REDDIT_MIN_BODY_WORDS,
+) -> BuiltSplits:
+    """LaMP-5R (Reddit post title generation: LaMP-5's shape, a post body in place of a paper abstract).
+
+    From Reddit posts in JSON lines (`author`, `id`, `created` in unix seconds, `title`, `text` the body,
+    optional `subreddit`): the input is "Generate a title for the following Reddit post: " + body, the
+    output the author's title; profile items carry `title`, `text`, `subreddit` and `date`, and the post
+    id is the record id. Reddit's HTML escapes are undone (`&amp;`, the `&#x200B;` zero-width spaces of
+    its editor, then removed). Skipped and counted: deleted authors and AutoModerator, deleted or removed
+    bodies, bodies under `min_body_words` words (placeholders whose post is all in the title), empty
+    titles, and an author's repeat of a body (a cross-post, or a reused template) after its earliest post.
+    """
+    if min_body_words < 0:
+        raise ValueError(f"min_body_words must be >= 0, not {min_body_words}")
+    task = get_task("LaMP_5R")
+    summary = _summary(task.name, path, split, seed, min_profile)
+    events: list[Event] = []
+    lines_of_ids: dict[str, int] = {}
+    for number, record in _read_jsonl(path, summary):
+        where = f"line {number}"
+        author = _str_field(path, where, record, "author").strip()
+        post_id = _str_field(path, where, record, "id").strip()
+        day = _date_field(path, where, record, "created")
+        title = _reddit_text(_str_field(path, where, record, "title"))
+        body = _reddit_text(_str_field(path, where, record, "text"))
+        subreddit = record.get("subreddit")
+        if subreddit is not None and not isinstance(subreddit, str):
+            raise LampFormatError(path, where, "subreddit", f"expected a string, got {type(subreddit).__name__}")
+        if not post_id:
+            raise LampFormatError(path, where, "id", "empty")
+        if post_id in lines_of_ids:
+            problem = f"post id {post_id!r} already used on line {lines_of_ids[post_id]}"
+            raise LampFormatError(path, where, "id", problem)
+        lines_of_ids[post_id] = number
+        if not author or author in REDDIT_SKIPPED_AUTHORS:
+            summary.skipped["deleted author or AutoModerator"] += 1
+            continue
+        if body in REDDIT_GONE_BODIES:
+            summary.skipped["post body deleted or removed"] += 1
+            continue
+        if sum(bool(_WORD.search(word)) for word in body.split()) < min_body_words:
+            summary.skipped[f"post body under {min_body_words} words"] += 1
+            continue
+        if not title:
+            summary.skipped["empty title"] += 1
+            continue
+        fields: dict[str, Any] = {"title": title, "text": body}
+        if subreddit:
+            fields["subreddit"] = subreddit
+        fields["date"] = format_day(day)
+        events.append(_event(task.name, author, post_id, day, number, fields, output=title))
+    events = _keep_earliest(events, lambda e: " ".join(e.fields["text"].split()), summary,
+                            "same body again by its author (a cross-post or template)")
+    return _make_splits(task.name, events, split, seed, min_profile, max_users, summary)
+
+
+def _reddit_text(text: str) -> str:
+    return html.unescape(text).replace("\u200b", "").strip()
+
+
 BUILDERS: dict[str, Callable[..., BuiltSplits]] = {
     "amazon-lamp3": build_lamp3_from_amazon,
     "huffpost-lamp4": build_lamp4_from_huffpost,
     "huffpost-lamp2n": build_lamp2n_from_huffpost,
+    "movielens-lamp2": build_lamp2_from_movielens,
+    "reddit-lamp5r": build_lamp5r_from_reddit,
 }
 
 
@@ -267,6 +487,22 @@ def _event(
     return Event(user=user, item_id=item_id, day=day, tie=tie, fields=fields, input=query, output=output)
 
 
+def _keep_earliest(
+    events: list[Event], key: Callable[[Event], Any], summary: BuildSummary, reason: str
+) -> list[Event]:
+    """Each user's events with one per key: the earliest by (day, tie); the later ones are counted as skipped.
+    The events come back in (user, day, tie) order."""
+    kept, seen = [], set()
+    for event in sorted(events, key=lambda e: (e.user, e.day, e.tie)):
+        mark = (event.user, key(event))
+        if mark in seen:
+            summary.skipped[reason] += 1
+            continue
+        seen.add(mark)
+        kept.append(event)
+    return kept
+
+
 def _read_jsonl(path: str | os.PathLike[str], summary: BuildSummary) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, object) for each distinct non-blank line; duplicates and blanks are counted."""
     seen: set[str] = set()
@@ -292,6 +528,75 @@ def _read_jsonl(path: str | os.PathLike[str], summary: BuildSummary) -> Iterator
                 problem = f"expected an object, got {type(record).__name__}"
                 raise LampFormatError(path, f"line {number}", None, problem)
             yield number, record
+
+
+def _read_tsv(
+    path: Path, columns: tuple[str, ...], summary: BuildSummary | None = None
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """("line N", {column: cell}) for each row of a tab-separated file whose header names `columns`.
+
+    Lines are read as UTF-8, falling back to Latin-1 (HetRec's own encoding) for a line that is not; with a
+    summary, rows count as lines read and blank lines as skipped."""
+    with path.open("rb") as handle:
+        header = _decode(handle.readline()).rstrip("\r\n").split("\t")
+        missing = [name for name in columns if name not in header]
+        if missing:
+            raise LampFormatError(path, "line 1", None, f"header lacks column(s) {missing} (it has {header})")
+        for number, raw in enumerate(handle, start=2):
+            line = _decode(raw).rstrip("\r\n")
+            if summary is not None:
+                summary.lines += 1
+            if not line.strip():
+                if summary is not None:
+                    summary.skipped["blank line"] += 1
+                continue
+            cells = line.split("\t")
+            if len(cells) != len(header):
+                raise LampFormatError(path, f"line {number}", None,
+                                      f"expected {len(header)} tab-separated fields, got {len(cells)}")
+            yield f"line {number}", dict(zip(header, cells, strict=True))
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _read_csv(
+    path: Path, columns: tuple[str, ...], malformed: Callable[[], None] | None = None
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """("line N", row) for each record of a UTF-8 CSV file with a header naming `columns`.
+
+    A record with fewer or more fields than the header is an error, or, given `malformed`, skipped after
+    calling it (for scraped files where a stray unquoted comma breaks a row)."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [name for name in columns if name not in (reader.fieldnames or [])]
+            if missing:
+                raise LampFormatError(path, "line 1", None, f"header lacks column(s) {missing}")
+            for row in reader:
+                where = f"line {reader.line_num}"
+                if None in row or None in row.values():
+                    if malformed is None:
+                        raise LampFormatError(path, where, None, f"expected {len(reader.fieldnames or [])} "
+                                              f"fields, got {len(row) - (None in row) + len(row.get(None) or [])}")
+                    malformed()
+                    continue
+                yield where, row
+    except UnicodeDecodeError:
+        raise LampFormatError(path, "file", None, "not valid UTF-8") from None
+    except csv.Error as err:
+        raise LampFormatError(path, "file", None, f"not valid CSV: {err}") from None
+
+
+def _int_cell(path: str | os.PathLike[str], where: str, row: dict[str, str], name: str) -> int:
+    value = row[name].strip()
+    if not value.isascii() or not value.isdigit():
+        raise LampFormatError(path, where, name, f"expected a whole number, got {row[name]!r}")
+    return int(value)
 
 
 def _str_field(path: str | os.PathLike[str], where: str, record: dict[str, Any], name: str) -> str:
@@ -329,9 +634,11 @@ def _make_splits(
         by_user[event.user].append(event)
     for history in by_user.values():
         history.sort(key=lambda e: (e.day, e.tie))
-    # The earliest question of a user is asked with `len - back` earlier events as its profile.
+    # Where each user's askable events are; the earliest question a user is asked (the `back`-th askable
+    # event from the end) has every event before it as its profile, and that must be min_profile long.
+    askable = {user: [i for i, e in enumerate(history) if e.askable] for user, history in by_user.items()}
     back = 1 if split == "user" else max(_TIME_SPLIT_BACK.values())
-    users = sorted(user for user, history in by_user.items() if len(history) - back >= min_profile)
+    users = sorted(user for user, at in askable.items() if len(at) >= back and at[-back] >= min_profile)
     summary.users_seen = len(by_user)
     summary.users_too_few_records = len(by_user) - len(users)
     random.Random(seed).shuffle(users)
@@ -344,10 +651,9 @@ def _make_splits(
         n_dev = round(len(users) * _USER_SPLIT_SHARES[1])
         cut = n_train + n_dev
         groups = {"train": users[:n_train], "dev": users[n_train:cut], "test": users[cut:]}
-        asked = {name: [(user, len(by_user[user]) - 1) for user in group] for name, group in groups.items()}
+        asked = {name: [(user, askable[user][-1]) for user in group] for name, group in groups.items()}
     else:
-        asked = {name: [(user, len(by_user[user]) - _TIME_SPLIT_BACK[name]) for user in users]
-                 for name in SPLIT_NAMES}
+        asked = {name: [(user, askable[user][-_TIME_SPLIT_BACK[name]]) for user in users] for name in SPLIT_NAMES}
 
     splits = {}
     for name in SPLIT_NAMES:

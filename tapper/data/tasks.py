@@ -216,3 +216,17 @@ def get_task(name: str) -> Task:
         if task.name.lower().removeprefix("lamp_") == norm:
             return task
     raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+
+
+# LaMP-5's shape on Reddit posts (tapper.data.builders.build_lamp5r_from_reddit): a post body in place of a
+# paper abstract, the author's own title as the answer. Not LaMP-5 (scholarly abstracts), hence its own name.
+register(Task(
+    name="LaMP_5R", description="personalized Reddit post title generation (LaMP-5 shape)",
+    profile_fields=("title", "text"), metric="generation", labels=None,
+    history_input=lambda r: f"Generate a title for the following Reddit post: {_text(r)}",
+    history_output_field="title",
+    record_prompt=lambda r: f"{_quote(r.get('title', ''))} is the title for {_quote(_text(r))}",
+    record_key=lambda r: f"{r.get('title', '')} {_text(r)}".strip(),
+    max_new_tokens=32,  # titles: 9 tokens median, 25 at the 95th percentile (SmolLM2's tokenizer)
+    content_marker="Reddit post: ", record_content_field="text",
+))
