@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from fixtures_data import lamp_questions, write_json
 
-from tapper.data import lamp_io
+from tapper.data import dates, lamp_io
 from tapper.data.lamp_io import (
+    DateError,
     LampFormatError,
     format_day,
     parse_date,
@@ -55,8 +56,35 @@ def test_parse_date_missing_is_none(value):
 @pytest.mark.parametrize("value", ["yesterday", "2018-13-01", "31/12/2018", True, [2018], {"y": 1},
                                    float("nan"), 1472688000000, "13 45, 2016"])
 def test_parse_date_rejects(value):
-    with pytest.raises(ValueError):
+    with pytest.raises(DateError):
         parse_date(value)
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("0001-01-01T00:00:00+05:00", "outside the supported range"),  # was an OverflowError
+    ("9999-12-31T23:00:00-05:00", "outside the supported range"),  # was an OverflowError
+    (-9e10, "outside the supported range"),  # was accepted, then crashed format_day
+    ("0999-12-31", "outside the supported range"),
+    ("0000", "outside the supported range"),
+    ("01 1, 0001", "outside the supported range"),
+    (10**400, "too large"),  # float(int) would overflow
+    ("1" * 5000, "5000 characters"),
+    (float("inf"), "not a finite"),
+    ("1e999", "not a finite"),
+])
+def test_parse_date_out_of_range_is_a_clear_date_error(value, fragment):
+    with pytest.raises(DateError, match=fragment):
+        parse_date(value)
+
+
+def test_the_range_ends_are_dates_and_format_back():
+    first, last = parse_date("1000-01-01"), parse_date("9999-12-31T23:59:59")
+    assert (first, last) == (dates.MIN_DAY, dates.MAX_DAY)
+    assert format_day(first) == "1000-01-01" and format_day(last) == "9999-12-31T23:59:59"
+    assert parse_date("9999-12-31T23:59:59Z") == last
+    for day in (dates.MIN_DAY - 1e-3, dates.MAX_DAY + 1e-3, float("nan")):
+        with pytest.raises(DateError):
+            format_day(day)
 
 
 def test_format_day_round_trips():
@@ -162,6 +190,15 @@ _DELETE = object()
     (_set((1, "date"), "someday"), "record 1 (id '101')", "'date'"),
     (_set((1, "user_id"), ["u"]), "record 1 (id '101')", "'user_id'"),
     (_set((2, "id"), "100"), "record 2 (id '100')", "'id'"),  # duplicate question id
+    (_set((1, "id"), ""), "record 1", "'id'"),  # empty ids and inputs
+    (_set((1, "id"), "  "), "record 1", "'id'"),
+    (_set((1, "input"), ""), "record 1 (id '101')", "'input'"),
+    (_set((1, "input"), " \n"), "record 1 (id '101')", "'input'"),
+    (_set((1, "user_id"), ""), "record 1 (id '101')", "'user_id'"),
+    (_set((1, "profile", 2, "id"), ""), "record 1 (id '101') profile item 2", "'id'"),
+    (_set((1, "profile", 2, "date"), "0001-01-01T00:00:00+05:00"), "record 1 (id '101') profile item 2 (id '1_0')",
+     "'date'"),
+    (_set((1, "date"), -9e10), "record 1 (id '101')", "'date'"),
 ])
 def test_bad_questions_name_file_record_and_field(tmp_path, mutate, where, field):
     path = _questions_file(tmp_path, mutate)
@@ -173,6 +210,85 @@ def test_bad_questions_name_file_record_and_field(tmp_path, mutate, where, field
     if field is not None:
         assert f"field {field}" in message
     assert info.value.field == (None if field is None else field.strip("'"))
+
+
+BASE_ITEM = '{"id": "a", "text": "t", "score": "4", "date": "2020-01-01"'
+
+
+def _one_item_file(tmp_path: Path, item_json: str, question_extra: str = "") -> Path:
+    path = tmp_path / "raw_questions.json"
+    path.write_text(f'[{{"id": "q1", "input": "x"{question_extra}, "profile": [{item_json}]}}]', encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("item", "field", "fragment"), [
+    (BASE_ITEM + ', "score": "5"}', "score", "appears twice"),  # the last value would win silently
+    (BASE_ITEM + ', "text": "u"}', "text", "appears twice"),
+    ('{"id": "a", "text": "t", "score": NaN}', "score", "NaN is not valid JSON"),
+    ('{"id": "a", "text": "t", "score": Infinity}', "score", "Infinity is not valid JSON"),
+    ('{"id": "a", "text": "t", "score": -Infinity}', "score", "-Infinity is not valid JSON"),
+    ('{"id": "a", "text": "t", "score": 1e400}', "score", "out of range"),
+    ('{"id": "a", "text": "t", "score": ' + "9" * 5000 + "}", "score", "5000 characters"),
+    ('{"id": "a", "text": "caf\\udce9", "score": "4"}', "text", "lone UTF-16 surrogate"),
+    ('{"id": "a", "text": "t", "score": "4", "asin": ["ok", "\\ud800"]}', "asin", "at asin[1]"),
+    ('{"id": "a", "text": "t", "score": "4", "deep": ' + "[" * 80 + "]" * 80 + "}", "deep", "nested deeper than 64"),
+])
+def test_json_that_python_lets_through_is_refused_with_file_record_and_field(tmp_path, item, field, fragment):
+    path = _one_item_file(tmp_path, item)
+    with pytest.raises(LampFormatError) as info:
+        read_questions(path)
+    assert str(info.value).startswith(f"{path}: record 0 (id 'q1') profile item 0 (id 'a'), field {field!r}: ")
+    assert fragment in str(info.value) and info.value.field == field
+
+
+def test_nesting_too_deep_for_json_loads_names_the_record_and_position(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('[{"id": "1", "input": "x", "profile": []}, ' + "[" * 50_000 + "]" * 50_000 + "]")
+    with pytest.raises(LampFormatError) as info:
+        read_questions(path)  # json.loads itself would raise RecursionError
+    assert str(info.value).startswith(f"{path}: record 1 (line 1 column ")
+    assert "nested deeper than 64 levels" in str(info.value)
+
+
+def test_a_surrogate_pair_is_fine_and_a_repeated_key_in_golds_is_named(tmp_path):
+    path = _one_item_file(tmp_path, '{"id": "a", "text": "smile \\ud83d\\ude00", "score": "4"}')
+    (question,) = read_questions(path, task="LaMP_3")
+    assert question.profile[0].text == "smile \U0001F600"
+    golds = tmp_path / "o.json"
+    golds.write_text('{"task": "LaMP_3", "golds": [{"id": "1", "output": "4", "output": "5"}]}')
+    with pytest.raises(LampFormatError) as info:
+        read_golds(golds)
+    assert str(info.value).startswith(f"{golds}: gold 0 (id '1'), field 'output': key 'output' appears twice")
+    golds.write_text('{"task": "LaMP_3", "task": "LaMP_7", "golds": []}')
+    with pytest.raises(LampFormatError, match="top level, field 'task': key 'task' appears twice"):
+        read_golds(golds)
+
+
+@pytest.mark.parametrize("score", ['"five"', "7", "0", '"0.5"', '"NaN"', '"Infinity"', '"inf"', '"4 stars"', '""',
+                                   '"\u0665"'])
+def test_a_lamp3_score_is_a_rating_from_1_to_5(tmp_path, score):
+    path = _one_item_file(tmp_path, f'{{"id": "a", "text": "t", "score": {score}}}')
+    read_questions(path)  # without a task nothing says what a score is
+    read_questions(path, task="LaMP_7")
+    with pytest.raises(LampFormatError) as info:
+        read_questions(path, task="LaMP_3")
+    assert info.value.field == "score" and "rating from 1 to 5" in str(info.value)
+
+
+@pytest.mark.parametrize("score", ['"1"', '"5"', "3", "4.5", '" 2 "', '"4.0"'])
+def test_lamp3_ratings_that_are_fine(tmp_path, score):
+    path = _one_item_file(tmp_path, f'{{"id": "a", "text": "t", "score": {score}}}')
+    assert len(read_questions(path, task="LaMP_3")) == 1
+
+
+def test_lamp3_golds_are_ratings_too(tmp_path):
+    q = write_json(tmp_path / "q.json", lamp_questions(n_users=2))
+    o = write_json(tmp_path / "o.json", {"task": "LaMP_3", "golds": [{"id": "100", "output": "4"},
+                                                                     {"id": "101", "output": "six"}]})
+    with pytest.raises(LampFormatError) as info:
+        read_split(q, o)
+    assert str(info.value).startswith(f"{o}: gold 1 (id '101'), field 'output': expected a rating from 1 to 5")
+    assert read_golds(o)[1]["101"] == "six"  # a predictions file may hold anything: only golds are checked
 
 
 def test_duplicate_question_id_names_first_record(tmp_path):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from fixtures_data import lamp_questions, write_json
+from typer.testing import CliRunner
+
+from tapper.cli import app
 from tapper.data.records import LampSplit, ProfileItem, Question
 from tapper.data.stats import split_stats, stats_rows
 
@@ -52,3 +57,21 @@ def test_stats_rows_flatten_for_a_table():
     assert rows["golds.labels"] == "3: 1, 5: 1"
     assert rows["profile_labels.score"] == "1: 1, 4: 1, 5: 2"
     assert rows["dates.first"] == "2020-01-01"
+
+
+def test_a_day_outside_the_date_range_does_not_crash_the_report():
+    # Readers never make such a day (parse_date refuses it); code can, and the report must still come out.
+    questions = [Question(id="1", input="a", user_id="u", profile=[_item("a", -1e6), _item("b", 18262.0)])]
+    dates = split_stats(questions)["dates"]
+    assert dates["first"].startswith("day -1000000.0 (outside 1000-01-01") and dates["last"] == "2020-01-01"
+
+
+@pytest.mark.parametrize("date", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", -9e10])
+def test_stats_cli_answers_a_date_out_of_range_with_one_line(tmp_path, date):
+    records = lamp_questions(n_users=2)
+    records[1]["profile"][0]["date"] = date
+    result = CliRunner().invoke(app, ["data", "stats", str(write_json(tmp_path / "q.json", records))])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "record 1 (id '101') profile item 0 (id '1_3'), field 'date'" in result.output
+    assert "outside the supported range" in result.output and "Traceback" not in result.output

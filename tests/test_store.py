@@ -227,3 +227,94 @@ def test_a_dropped_postgresql_connection_is_replaced_on_the_next_call(tmp_path):
             assert store.count_users() == 0  # ...and the next one reconnects
         finally:
             store.close()
+
+
+# ---- forgetting leaves nothing on disk (SQLite) ------------------------------------------------------------
+
+MARKER = "zq-forget-marker-7c1e"
+ROW_VALUE = 6.71875  # exact in float32: its bytes are searched for
+
+
+def _store_files(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name.startswith("forget.db")}
+
+
+def _holding(files: dict[str, bytes], needles: dict[str, bytes]) -> dict[str, list[str]]:
+    """{what: [files holding it]} for every needle found anywhere."""
+    found = {what: [name for name, data in files.items() if needle in data] for what, needle in needles.items()}
+    return {what: names for what, names in found.items() if names}
+
+
+def _seed_victim(store: UserStore) -> dict[str, bytes]:
+    """A user with the marker in short and long (overflow-page) records and a fitted row; and a bystander."""
+    long_text = (MARKER + " ") * 600  # ~13 KB: spills onto overflow pages
+    store.append_records("acme", "victim-4b1d", [rec(f"v{i}", f"{MARKER} review {i}", day=float(i)) for i in range(5)])
+    store.append_records("acme", "victim-4b1d", [rec("long", long_text, day=9.0)])
+    store.append_records("acme", "bystander", [rec("b1", "still here", day=1.0)])
+    head = store.user_head("acme", "victim-4b1d")
+    job, _ = store.start_job("acme", "victim-4b1d", head.uid, total=1)
+    row = torch.full((4,), ROW_VALUE)
+    store.finish_refresh(job.id, head.uid, row, head.history_version)
+    return {"marker": MARKER.encode(), "user id": b"victim-4b1d", "uid": head.uid.encode(),
+            "row bytes": encode_row(row)[0]}
+
+
+def test_forget_leaves_no_trace_in_any_sqlite_file(tmp_path):
+    store = UserStore(f"sqlite:///{tmp_path / 'forget.db'}")
+    store.bind_row_size(4)
+    try:
+        needles = _seed_victim(store)
+        assert set(_holding(_store_files(tmp_path), needles)) == set(needles)  # the search finds them before
+        assert store.delete_user("acme", "victim-4b1d")
+        files = _store_files(tmp_path)
+        assert _holding(files, needles) == {}, "a forgotten user's bytes are still on disk"
+        assert len(files.get("forget.db-wal", b"")) == 0  # checkpointed and truncated before delete_user returned
+        assert any(b"still here" in data for data in files.values())  # and only that user went
+        assert [it.id for it in store.load_history(store.user_head("acme", "bystander").uid)[1]] == ["b1"]
+    finally:
+        store.close()
+    assert _holding(_store_files(tmp_path), needles) == {}
+    assert set(_store_files(tmp_path)) == {"forget.db"}  # a clean close removes the WAL and shared-memory files
+
+
+@pytest.mark.parametrize("weakened", ["secure_delete off", "no checkpoint"])
+def test_without_secure_delete_or_the_checkpoint_the_text_would_stay(tmp_path, monkeypatch, weakened):
+    """The two measures are each needed: the check above fails without either of them."""
+    store = UserStore(f"sqlite:///{tmp_path / 'forget.db'}")
+    store.bind_row_size(4)
+    try:
+        needles = _seed_victim(store)
+        store.db.checkpoint()  # the victim's pages now live in the main file
+        if weakened == "secure_delete off":
+            store.db._conn().execute("PRAGMA secure_delete=OFF")  # this thread's connection runs the delete
+        else:
+            monkeypatch.setattr(store.db, "checkpoint", lambda: True)
+        assert store.delete_user("acme", "victim-4b1d")
+        assert "marker" in _holding(_store_files(tmp_path), needles)
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+
+def test_sqlite_store_files_are_private_and_a_closed_store_refuses_calls(tmp_path, caplog):
+    store = UserStore(f"sqlite:///{tmp_path / 'forget.db'}")
+    store.append_records("acme", "u", [rec("a")])
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"forget.db": 0o600, "forget.db-wal": 0o600, "forget.db-shm": 0o600}
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.count_users()
+    (tmp_path / "forget.db").chmod(0o644)
+    with caplog.at_level("WARNING", logger="tapper.store.dialect"):
+        UserStore(f"sqlite:///{tmp_path / 'forget.db'}").close()
+    assert "mode 0644: other users can read it" in caplog.text
+
+
+def test_urls_in_messages_hide_the_password():
+    from tapper.store.dialect import Database
+
+    db = Database.__new__(Database)
+    db.url = "postgresql://app:s3cret@db.internal:5432/tapper"
+    assert db.display_url == "postgresql://app:***@db.internal:5432/tapper"
+    db.url = "sqlite:///tmp/x.db"
+    assert db.display_url == "sqlite:///tmp/x.db"
