@@ -73,3 +73,42 @@ def test_bad_dump_and_missing_file(tmp_path):
     unknown = runner.invoke(app, ["data", "stats", str(write_json(tmp_path / "q.json", lamp_questions())),
                                   "--task", "LaMP_99"])
     assert unknown.exit_code == 2 and "unknown task 'LaMP_99'" in unknown.stderr
+
+
+def test_build_movielens_and_reddit_then_stats(tmp_path):
+    from fixtures_sources import movielens_fixture, reddit_fixture
+
+    folder = movielens_fixture(tmp_path / "ml")
+    out = tmp_path / "lamp2"
+    result = runner.invoke(app, ["data", "build", "movielens-lamp2", "--input", str(folder), "--out-dir", str(out),
+                                 "--min-profile", "2"])
+    assert result.exit_code == 0, result.output
+    assert "labels renamed: based on book -> based on a book (1), scifi -> sci-fi (1)" in result.stdout
+    assert "dropped 2 movies without a TMDB overview" in result.stdout
+    assert "test: 2 users, 2 questions" in result.stdout
+    split = read_split(out / "test_questions.json", out / "test_outputs.json")
+    assert split.task == "LaMP_2" and sorted(split.golds.values()) == ["action", "classic"]
+    stats = runner.invoke(app, ["data", "stats", str(out / "test_questions.json"), "--outputs",
+                                str(out / "test_outputs.json"), "--json", str(tmp_path / "stats.json")])
+    assert stats.exit_code == 0, stats.output
+    numbers = json.loads((tmp_path / "stats.json").read_text())
+    assert numbers["task"] == "LaMP_2" and numbers["golds"]["labels"] == {"action": 1, "classic": 1}
+    assert numbers["profile_labels"]["tag"]["action"] == 3
+
+    out = tmp_path / "lamp5r"
+    result = runner.invoke(app, ["data", "build", "reddit-lamp5r", "--input", str(reddit_fixture(tmp_path / "r.jsonl")),
+                                 "--out-dir", str(out), "--split", "user", "--min-profile", "2"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 line(s): post body under 5 words" in result.stdout
+    parts = [read_split(out / f"{n}_questions.json", out / f"{n}_outputs.json") for n in ("train", "dev", "test")]
+    assert {p.task for p in parts} == {"LaMP_5R"} and sum(len(p.questions) for p in parts) == 2
+
+
+def test_build_movielens_without_its_files_is_one_line_on_stderr(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["data", "build", "movielens-lamp2", "--input", str(tmp_path / "empty"),
+                                 "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "hetrec_user_taggedmovies-timestamps.dat" in lines[0]
+    assert not (tmp_path / "out").exists()
