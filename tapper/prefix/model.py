@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tapper.backbone import Backbone, load_backbone
+from tapper.backbone import Backbone, backbone_identity, describe_identity, load_backbone
 from tapper.batching import answer_loss
 from tapper.data.tasks import get_task
+from tapper.errors import BackboneMismatchError, RunNotFoundError
 from tapper.examples import Example
 from tapper.generate import generate_batch
-from tapper.io_utils import atomic_replace_dir, atomic_write_with
+from tapper.io_utils import atomic_replace_dir, atomic_write_text, atomic_write_with
 from tapper.lora import add_lora
 from tapper.prefix.config import TapperConfig
 from tapper.prefix.query_prefix import QueryPrefix
 from tapper.prefix.user_state import UserStateTable
+from tapper.retrieval.base import portable_retriever_name
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "tapper_config.json"
+TRAIN_CONFIG_NAME = "train_config.json"  # how it was trained (tapper.train.TrainConfig); onboarding reads it
+BACKBONE_NAME = "backbone.json"  # which backbone it was trained on (tapper.backbone.backbone_identity)
 QUERY_PREFIX_NAME = "query_prefix.safetensors"
 TASK_ADAPTER_DIR = "task_adapter"
 BRIDGE_DIR = "bridge"
 USER_STATE_DIR = "user_state"
 ANCHOR_KEY = "prefix_anchor"  # stored with P_q's weights: both are shared, trained in stage 2
+# Kept on the transformers model object by whoever merges a task LoRA into it (merge_task_adapter,
+# tapper.train.train_task_lora): the adapter's saved files, so that any TapperModel built on that backbone (or a
+# deep copy of it) saves them again and its folder reloads to the same weights.
+_TASK_ADAPTER_ATTR = "_tapper_task_adapter_files"
 
 
 class TapperModel(nn.Module):
@@ -36,6 +51,11 @@ class TapperModel(nn.Module):
         self.task = get_task(config.task)
         self.tokenizer = backbone.tokenizer
         self.backbone_name = backbone.name
+        # Before any LoRA goes in: the weights this model reads (see tapper.backbone.backbone_identity).
+        self.backbone_identity: dict[str, Any] = backbone_identity(backbone)
+        self.task_adapter_files: dict[str, bytes] | None = task_adapter_files(backbone)
+        self.train_config: dict[str, Any] | None = None  # tapper.train.TrainConfig as a dict, saved beside
+        self.train_summary: dict[str, Any] | None = None  # what tapper.train.train_tapper did, when it made this
         hidden = backbone.hidden_size
         for p in backbone.model.parameters():
             p.requires_grad_(False)
@@ -176,9 +196,28 @@ class TapperModel(nn.Module):
     # -- persistence: shared part and user table are saved apart -----------------------------------
 
     def save_pretrained(self, directory: str | Path, int8_user_state: bool = False) -> None:
+        """Write a self-contained run folder that `from_pretrained` rebuilds to the same weights, anywhere:
+
+            tapper_config.json  train_config.json  backbone.json (which backbone, checked on load)
+            task_adapter/ (the merged stage-1 LoRA)  bridge/  query_prefix.safetensors  user_state/
+
+        Only the backbone itself is not copied: backbone.json names it (a spec or an absolute path) and
+        holds a digest of its weights."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.config.save(directory / CONFIG_NAME)
+        portable_config(self.config).save(directory / CONFIG_NAME)
+        if self.train_config is not None:
+            atomic_write_text(directory / TRAIN_CONFIG_NAME,
+                              json.dumps(self.train_config, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(directory / BACKBONE_NAME, json.dumps(self.backbone_identity, indent=2) + "\n")
+        adapter_dir = directory / TASK_ADAPTER_DIR
+        if self.task_adapter_files is not None:
+            if read_dir_files(adapter_dir) != self.task_adapter_files:
+                atomic_replace_dir(adapter_dir, lambda tmp: write_dir_files(tmp, self.task_adapter_files))
+        elif adapter_dir.exists():
+            # This model's backbone has no task LoRA merged in: a leftover adapter would be merged on reload.
+            log.warning("%s: removing a task adapter this model was not built with", adapter_dir)
+            shutil.rmtree(adapter_dir)
         state = {k: v.detach().cpu().contiguous() for k, v in self.query_prefix.state_dict().items()}
         if self.prefix_anchor is not None:
             state[ANCHOR_KEY] = self.prefix_anchor.detach().cpu().contiguous()
@@ -192,16 +231,43 @@ class TapperModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str = "cpu", backbone: Backbone | None = None
+        cls,
+        directory: str | Path,
+        device: str = "cpu",
+        backbone: Backbone | str | None = None,
+        allow_other_backbone: bool = False,
     ) -> TapperModel:
-        """Rebuild a saved run: backbone (+ merged task LoRA), bridge, P_q, user table."""
+        """Rebuild a saved run: backbone (+ merged task LoRA), bridge, P_q, user table.
+
+        backbone: the model the run was trained on, when the recorded one cannot be loaded here (a model
+        passed in as an object, a folder that moved, another machine): a Backbone or a load_backbone spec.
+        It must be the same model: its weights' digest is checked against backbone.json, and a mismatch
+        is a BackboneMismatchError naming both, unless allow_other_backbone=True (then a warning). A
+        backbone of another shape (width, layers, vocabulary) is always refused."""
         directory = Path(directory)
-        config = TapperConfig.load(directory / CONFIG_NAME)
-        backbone = backbone or load_backbone(config.backbone, device=device)
-        backbone = merge_task_adapter(backbone, directory / TASK_ADAPTER_DIR)
+        config = load_run_config(directory)
+        saved = read_backbone_identity(directory)
+        if backbone is None:
+            backbone = load_recorded_backbone(directory, config, saved, device)
+        elif isinstance(backbone, str):
+            backbone = load_backbone(backbone, device=device)
+        check_backbone(directory, saved, backbone, allow_other_backbone)
+        identity = backbone_identity(backbone)  # before the task LoRA goes in
+        merged_already, on_disk = task_adapter_files(backbone), read_dir_files(directory / TASK_ADAPTER_DIR)
+        if merged_already is None:
+            backbone = merge_task_adapter(backbone, directory / TASK_ADAPTER_DIR)
+        elif on_disk is not None and merged_already != on_disk:
+            raise BackboneMismatchError(
+                f"the backbone given to load {directory} already has another task LoRA merged in than the "
+                f"run's {TASK_ADAPTER_DIR}/: pass the backbone without it")
+        # else: the caller's backbone already holds this run's task LoRA (or the run has none): used as is
         bridge_dir = directory / BRIDGE_DIR
-        model = cls(backbone, TapperConfig(**{**config.__dict__, "use_bridge": False}))
+        model = cls(backbone, replace(config, use_bridge=False))
         model.config = config
+        model.backbone_identity = identity
+        train_cfg = directory / TRAIN_CONFIG_NAME
+        if train_cfg.is_file():
+            model.train_config = json.loads(train_cfg.read_text(encoding="utf-8"))
         if config.use_bridge:
             model.lm = PeftModel.from_pretrained(backbone.model, str(bridge_dir), is_trainable=True)
             for n, p in model.lm.named_parameters():
@@ -220,6 +286,88 @@ class TapperModel(nn.Module):
         return model.to(backbone.device)
 
 
+# -- a saved run's pieces ---------------------------------------------------------------------------------
+
+def load_run_config(directory: Path) -> TapperConfig:
+    """The run's TapperConfig; a RunNotFoundError when `directory` is not a saved run."""
+    if not (directory / CONFIG_NAME).is_file():
+        what = "does not exist" if not directory.exists() else f"holds no {CONFIG_NAME}"
+        raise RunNotFoundError(f"{directory} is not a tapper run: it {what} (make one with `tapper train`)")
+    return TapperConfig.load(directory / CONFIG_NAME)
+
+
+def portable_config(config: TapperConfig) -> TapperConfig:
+    """The config as saved: a retriever registered in this process is named by its import path, so that
+    another process can find it."""
+    return replace(config, retriever=portable_retriever_name(config.retriever))
+
+
+def read_backbone_identity(directory: Path) -> dict[str, Any] | None:
+    path = directory / BACKBONE_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def load_recorded_backbone(directory: Path, config: TapperConfig, saved: dict[str, Any] | None,
+                           device: str) -> Backbone:
+    """The backbone backbone.json names (tapper_config.json's spec for runs saved before it existed)."""
+    from tapper.backbone import BackboneSpecError
+
+    if saved is not None and not saved.get("source"):
+        raise BackboneMismatchError(
+            f"{directory} was trained on {describe_identity(saved)}: pass that model again "
+            "(TapperModel.from_pretrained(run, backbone=...), or --model DIR on the command line)")
+    spec = saved["source"] if saved is not None else config.backbone
+    try:
+        return load_backbone(spec, device=device)
+    except BackboneSpecError as e:
+        raise BackboneSpecError(
+            f"{directory} was trained on backbone {spec!r}, which cannot be loaded here ({e}); pass the same "
+            "model from where it is now (backbone=... / --model PATH)") from None
+
+
+def check_backbone(directory: Path, saved: dict[str, Any] | None, backbone: Backbone,
+                   allow_other_backbone: bool = False) -> None:
+    """Refuse a backbone of another shape always, and one with other weights unless allowed."""
+    if saved is None:
+        log.warning("%s records no backbone identity (saved before backbone.json existed): not checked", directory)
+        return
+    given = backbone_identity(backbone)
+    if given["architecture"] != saved.get("architecture"):
+        raise BackboneMismatchError(
+            f"{directory} was trained on {describe_identity(saved)}, shaped {saved.get('architecture')}; the "
+            f"backbone given, {describe_identity(given)}, is shaped {given['architecture']}: its prefixes and "
+            "adapters cannot fit it")
+    if given["digest"] != saved.get("digest"):
+        message = (f"{directory} was trained on {describe_identity(saved)}, but the backbone given is "
+                   f"{describe_identity(given)}: other weights")
+        if not allow_other_backbone:
+            raise BackboneMismatchError(message + " (allow_other_backbone=True / --allow-other-model uses it anyway)")
+        log.warning("%s; using it as asked", message)
+
+
+def read_dir_files(directory: Path) -> dict[str, bytes] | None:
+    if not directory.is_dir():
+        return None
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def write_dir_files(directory: Path, files: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+
+
+def task_adapter_files(backbone: Backbone) -> dict[str, bytes] | None:
+    """The saved files of the task LoRA merged into this backbone (None: none was)."""
+    files = backbone.model.__dict__.get(_TASK_ADAPTER_ATTR)
+    return dict(files) if files is not None else None
+
+
+def note_task_adapter(backbone: Backbone, adapter_dir: Path) -> None:
+    """Record on the backbone's model object the adapter just merged into it (from its saved folder)."""
+    backbone.model.__dict__[_TASK_ADAPTER_ATTR] = read_dir_files(adapter_dir)
+
+
 def anchor_embeddings(backbone: Backbone, text: str, length: int) -> torch.Tensor:
     """(L, d) input embeddings of text's first L tokens, cycled when the text is shorter than L."""
     ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -235,9 +383,12 @@ def merge_task_adapter(backbone: Backbone, adapter_dir: Path) -> Backbone:
     """Apply a saved stage-1 task LoRA and merge it into the backbone weights (no-op if absent)."""
     if not adapter_dir.exists():
         return backbone
+    backbone_identity(backbone)  # kept on the model object: the weights before the merge
     merged = PeftModel.from_pretrained(backbone.model, str(adapter_dir)).merge_and_unload()
     merged.eval()
-    return Backbone(model=merged, tokenizer=backbone.tokenizer, name=backbone.name)
+    out = Backbone(model=merged, tokenizer=backbone.tokenizer, name=backbone.name)
+    note_task_adapter(out, adapter_dir)
+    return out
 
 
 def get_tapper_model(
