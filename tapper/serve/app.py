@@ -243,10 +243,17 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # Inputs are not echoed back: they can be megabytes, and they are the client's own data anyway.
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            {"loc": [_utf8_safe(part) for part in e.get("loc", ())], "msg": _utf8_safe(e.get("msg", "")),
+             "type": e.get("type", "")}
             for e in exc.errors()
         ]
         return JSONResponse(status_code=422, content={"detail": errors})
+
+
+def _utf8_safe(part: object) -> object:
+    """A key or message that came from the body can hold a lone surrogate, which no UTF-8 response can carry:
+    it is written as its escape (\\udfff) instead."""
+    return part.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(part, str) else part
 
 
 class _Edge:
