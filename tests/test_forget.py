@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_serve_support import Server, add_key, start_server
+from test_serve_support import FAKE_SERVE_ARGV, Server, add_key, start_server
 
 from tapper.store import UserStore, encode_row
 
@@ -116,3 +116,28 @@ def test_a_forgotten_user_is_in_none_of_the_store_files(tiny_run, tmp_path, stop
             assert needles[what].decode() not in logs, f"the {what} is in the server log"
     finally:
         server.stop()
+
+
+def test_ctrl_c_closes_the_store_before_the_process_ends(tmp_path):
+    """SIGINT (SIGTERM is above, with the real engine) through tapper serve's own run loop over the fake
+    engine: the store is closed, so the WAL is folded into serve.db and removed, and only then does the
+    process end by the signal it got."""
+    stop = signal.SIGINT
+    store_dir = tmp_path / "store"
+    db = f"sqlite:///{store_dir / 'serve.db'}"
+    key = add_key(db, "acme")
+    server = start_server(tmp_path, {"TAPPER_TEST_DB": db}, argv=FAKE_SERVE_ARGV)
+    try:
+        body = {"records": [{"id": "r1", "text": "kept", "score": 4}]}
+        assert server.call("POST", "/v1/users/ann/records", body, key=key).status == 200
+        assert "serve.db-wal" in _store_files(store_dir)  # the server holds the store open
+        server.proc.send_signal(stop)
+        assert server.proc.wait(timeout=60) == -stop
+    finally:
+        server.stop()
+    assert sorted(_store_files(store_dir)) == ["serve.db"]
+    store = UserStore(db)
+    try:
+        assert store.user_head("acme", "ann").record_count == 1
+    finally:
+        store.close()

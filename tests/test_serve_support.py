@@ -218,3 +218,23 @@ def add_key(db_url: str, tenant: str) -> str:
         return create_api_key(store, tenant)
     finally:
         store.close()
+
+
+def serve_fake_main(argv: list[str] | None = None) -> None:
+    """The fake-engine app run by `tapper serve`'s own loop (tapper.cli.serve.serve_app): signals, store close,
+    logging and exit status as in production. Started as FAKE_SERVE_ARGV + ["--host", h, "--port", p]."""
+    import argparse
+
+    from tapper.cli.serve import serve_app
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    app = app_from_env()
+    serve_app(app, app.state.store, host=args.host, port=args.port)
+
+
+FAKE_SERVE_ARGV = [sys.executable, "-c",
+                   f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); import test_serve_support as s; "
+                   "s.serve_fake_main()"]

@@ -70,8 +70,6 @@ def serve(
         raise typer.BadParameter("--run is required to serve", param_hint="--run")
     if not run.is_dir():
         raise typer.BadParameter(f"{run} is not a directory", param_hint="--run")
-    import uvicorn
-
     from tapper.engine import TapperEngine
     from tapper.serve import ServeConfig, create_app
     from tapper.store import UserStore
@@ -89,10 +87,20 @@ def serve(
     store = UserStore(db or _default_db(run))
     try:
         app = create_app(engine, store, _run_task(engine, run), config)
-        typer.echo(f"tapper serve: {run} ({store.backend} store) on http://{host}:{port}  (docs: /docs)",
-                   err=True)
+    except BaseException:
+        store.close()
+        raise
+    typer.echo(f"tapper serve: {run} ({store.backend} store) on http://{host}:{port}  (docs: /docs)", err=True)
+    serve_app(app, store, host=host, port=port, access=AccessLog(access_log))
+
+
+def serve_app(app: Any, store: Any, *, host: str, port: int, access: AccessLog = AccessLog.on) -> None:
+    """Serve `app` until SIGTERM/SIGINT, close `store` whatever happens, then end as the signal would."""
+    import uvicorn
+
+    try:
         received = run_until_stopped(uvicorn.Config(app, host=host, port=port, access_log=False,
-                                                    log_config=log_config(AccessLog(access_log))))
+                                                    log_config=log_config(access)))
     finally:
         store.close()
     end_like(received)
