@@ -58,9 +58,12 @@ class TapperEngine:
         self.builder = builder_for(model, model.config)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> TapperEngine:
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", backbone=None,
+                        allow_other_backbone: bool = False) -> TapperEngine:
+        """backbone / allow_other_backbone: as in TapperModel.from_pretrained."""
         path = Path(path)
-        model = TapperModel.from_pretrained(path, device=device)
+        model = TapperModel.from_pretrained(path, device=device, backbone=backbone,
+                                            allow_other_backbone=allow_other_backbone)
         cfg_path = path / TRAIN_CONFIG_NAME
         return cls(model, TrainConfig.load(cfg_path) if cfg_path.exists() else None)
 

@@ -1,7 +1,6 @@
 """Typed `--set` values, typed checks in resolve_configs, and the source hash that tags kept results."""
 
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,11 +181,8 @@ def test_source_hash_default_is_the_installed_package():
 
 
 def test_quality_kept_results_are_tagged_with_the_source(monkeypatch):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import quality
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    import tapper.compare.runner as quality  # bench/quality.py's kept results are tapper.compare's
+
     settings = {"prefix_len": 8, "user_lr": 0.003, "onboard_steps": 30}
     monkeypatch.setattr(quality, "source_hash", lambda: "code-a")
     tags_a = (quality.fingerprint(settings), quality.method_fingerprint("tapper", settings),

@@ -3,6 +3,7 @@
 import typer
 
 from tapper.cli import baselines as _baselines
+from tapper.cli import compare as _compare
 from tapper.cli import data as _data
 from tapper.cli import evaluate as _evaluate
 from tapper.cli import export as _export
@@ -10,5 +11,5 @@ from tapper.cli import model as _model
 from tapper.cli import serve as _serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="TAP-PER personalization for HF causal LMs.")
-for _area in (_data, _evaluate, _model, _baselines, _serve, _export):
+for _area in (_data, _evaluate, _model, _baselines, _compare, _serve, _export):
     _area.register(app)

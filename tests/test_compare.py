@@ -1,0 +1,116 @@
+"""`tapper compare` (tapper.compare): every method on the built-in sample with the tiny backbone, the result
+files bench/quality.py writes, kept results reused by a rerun and re-run when a setting they read changes, and
+the onboarding grid of learning rates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import tapper.data.sample as sample_module
+from tapper.baselines import registry
+from tapper.cli import app
+from tapper.compare import onboard_key, onboarded_name, parse_methods
+
+SAMPLE = Path(sample_module.__file__).parent / "sample"
+FAST = ["--set", "stage2_epochs=0.25", "--set", "stage1_epochs=0.25", "--set", "batch_size=4",
+        "--set", "max_history_pairs=2", "--set", "show_progress=false"]
+METHODS = "floors,zero-shot,nonpersonal,tapper,onboard"
+
+
+def compare(tmp_path: Path, *extra: str):
+    return CliRunner().invoke(app, [
+        "compare", "--sample", "--model", "tiny", "--methods", METHODS, "--max-users", "6", "--onboard-users", "2",
+        "--onboard-steps", "1", "--onboard-lrs", "1e-3,1e-2", "--out", str(tmp_path / "out"),
+        "--runs", str(tmp_path / "runs"), *FAST, *extra])
+
+
+def test_compare_on_the_sample_writes_the_bench_files_and_a_rerun_reuses_kept_results(tmp_path: Path):
+    first = compare(tmp_path)
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "out"
+    for suffix in ("json", "md", "png"):
+        assert (out / f"quality_LaMP_3.{suffix}").is_file(), suffix
+    data = json.loads((out / "quality_LaMP_3.json").read_text())
+    assert data["task"] == "LaMP_3" and data["target_users"] == 6 and data["stage1_users"] == 32
+    assert data["kept_results_reused"] == []
+    by_name = {r["method"]: r for r in data["results"]}
+    for name in ("user's mean past rating (floor)", "always 5 (floor)", "zero-shot backbone",
+                 "non-personalized, same budget", "TAP-PER", "TAP-PER (int8 user table)"):
+        assert name in by_name, sorted(by_name)
+        row = by_name[name]
+        assert set(row["metrics"]) == {"mae", "rmse"} and len(row["examples"]) == 5
+        assert row["ci95"]["mae"][0] <= row["metrics"]["mae"] <= row["ci95"]["mae"][1]
+    assert by_name["TAP-PER"]["prompts"] and "[record for P_q]" in next(iter(by_name["TAP-PER"]["prompts"].values()))
+    assert by_name["TAP-PER"]["per_user_params"] > 0 == by_name["non-personalized, same budget"]["per_user_params"]
+    # onboarding: no fit, then one result per (rate, budget), each named with its rate, on the 2 held-out users
+    onboarded = [row["method"] for row in data["onboarding"]]
+    assert onboarded[:3] == ["TAP-PER, new user without a fit (mean row + P_q)",
+                             "TAP-PER, onboarded (1-step P_u fit, lr 0.001)",
+                             "TAP-PER, onboarded (1-step P_u fit, lr 0.01)"]
+    assert not any(name.startswith("TAP-PER, onboarded") for name in by_name)  # not in the main table
+    md = (out / "quality_LaMP_3.md").read_text()
+    assert "TAP-PER vs non-personalized, same budget" in md and "Onboarding: the 2 target users" in md
+    runs = tmp_path / "runs"
+    for key in ("zero-shot", "nonpersonal", "tapper", "tapper-int8", "onboard-cold", "onboard-1-lr0.001",
+                "onboard-1-lr0.01"):
+        assert (runs / f"result_{key}.json").is_file(), key
+
+    again = compare(tmp_path)  # the same command: every kept result is reused, nothing trains
+    assert again.exit_code == 0, again.output
+    data2 = json.loads((out / "quality_LaMP_3.json").read_text())
+    assert sorted(data2["kept_results_reused"]) == sorted(
+        ["zero-shot", "nonpersonal", "tapper", "tapper-int8", "onboard-cold", "onboard-1-lr0.001",
+         "onboard-1-lr0.01"])
+    assert [r["metrics"] for r in data2["results"]] == [r["metrics"] for r in data["results"]]
+
+    # a setting only the user rows read: the methods without them keep their results, TAP-PER runs again
+    third = compare(tmp_path, "--set", "user_lr=0.01")
+    assert third.exit_code == 0, third.output
+    reused = json.loads((out / "quality_LaMP_3.json").read_text())["kept_results_reused"]
+    assert "zero-shot" in reused and "nonpersonal" in reused
+    assert "tapper" not in reused and "onboard-cold" not in reused
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sample", "--methods", "tapper,lora-soup"], "lora-soup"),
+    (["--sample", "--set", "prefix_len=abc"], "prefix_len"),
+    (["--sample", "--onboard-lrs", "fast"], "--onboard-lrs"),
+    (["--questions", str(SAMPLE / "test_questions.json"), "--outputs", str(SAMPLE / "test_outputs.json")],
+     "--train-questions"),
+    (["--questions", str(SAMPLE / "test_questions.json"), "--outputs", str(SAMPLE / "test_outputs.json"),
+      "--train-questions", str(SAMPLE / "test_questions.json"), "--train-outputs", str(SAMPLE / "test_outputs.json")],
+     "both targets and stage-1 users"),
+])
+def test_compare_refuses_bad_requests_before_any_model_loads(tmp_path: Path, args, message):
+    res = CliRunner().invoke(app, ["compare", "--model", "no-such-model", "--out", str(tmp_path / "o"),
+                                   "--runs", str(tmp_path / "r"), *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_method_names_and_onboarding_keys():
+    assert parse_methods("floors, tapper", ablations=True) == ["floors", "tapper", "no-pu", "no-pq", "no-time",
+                                                               "no-bridge"]
+    with pytest.raises(ValueError, match="oppuu"):
+        parse_methods("oppuu")
+    assert onboard_key(16) == "onboard-16" and onboarded_name(16) == "TAP-PER, onboarded (16-step P_u fit)"
+    assert onboard_key(16, 0.003) == "onboard-16-lr0.003"
+    assert onboarded_name(16, 0.003) == "TAP-PER, onboarded (16-step P_u fit, lr 0.003)"
+
+
+def test_the_baseline_registry_is_apart_from_common():
+    """The arrows run one way: the methods import common, the registry imports the methods, common none."""
+    import ast
+    import inspect
+
+    import tapper.baselines.common as common
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(common)))
+                if isinstance(node, ast.ImportFrom)}
+    assert not any(m and m.startswith("tapper.baselines.") for m in imported), imported
+    assert not hasattr(common, "make_baseline")
+    assert registry.METHODS == ("rag", "pag", "oppu", "perpcs", "pplug")
