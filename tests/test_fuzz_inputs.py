@@ -10,12 +10,13 @@
   request leaves the store exactly as it was, and an accepted one stores what it said it stored.
 
 Each test runs a fixed, derandomized set of cases (no example database is written) and prints its tally by
-outcome (`pytest -s` shows it).
+outcome (`pytest -s` shows it). TAPPER_FUZZ_CASES=3000 runs more.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
@@ -30,7 +31,7 @@ from tapper.data.lamp_io import LampFormatError, read_split, write_split
 from tapper.data.sample import SAMPLE_DIR
 from tapper.data.stats import split_stats, stats_rows
 
-CASES = 300
+CASES = int(os.environ.get("TAPPER_FUZZ_CASES", "300"))  # more for a one-off deeper run, e.g. 3000
 FUZZ = settings(max_examples=CASES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
