@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tapper.backbone import tiny_backbone
-from tapper.baselines.common import make_baseline, nonpersonal_backbone, run_baseline, truncate_record
+from tapper.baselines.common import nonpersonal_backbone, run_baseline, truncate_record
 from tapper.baselines.oppu import OppuBaseline, OppuConfig, user_file_name
 from tapper.baselines.pag import PagBaseline
 from tapper.baselines.perpcs import (
@@ -21,6 +21,7 @@ from tapper.baselines.perpcs import (
 )
 from tapper.baselines.pplug import PPlugBaseline, input_embedding_norm
 from tapper.baselines.rag import RagBaseline, RagConfig
+from tapper.baselines.registry import make_baseline
 from tapper.batching import answer_loss
 from tapper.data.lamp_io import write_split
 from tapper.data.records import LampSplit
@@ -500,3 +501,54 @@ def test_every_method_decodes_within_the_labels_when_constrained(sample, tmp_pat
                                                        constrain_answers=True), [q.user_id for q in target.questions])
     examples = [builder_for(model, model.config).for_question(q) for q in target.questions]
     assert all(text.strip() in labels for text in model.generate(examples))
+
+
+def test_cli_nonpersonal_control_and_peers_set_up_as_the_comparison_does(sample, tmp_path):
+    """`tapper baseline nonpersonal` trains the same-budget control; OPPU starts from a saved one
+    (--nonpersonal-run); RAG given other users fine-tunes its own task LoRA with records in the prompts."""
+    import json
+
+    import typer
+
+    from tapper.cli.baselines import register
+
+    app = typer.Typer()
+    register(app)
+    target_paths = write_split(tmp_path / "data", "test", subset(sample["test"], 2))
+    train_paths = write_split(tmp_path / "data", "train", subset(sample["train"], 2))
+    questions = next(p for p in target_paths if p.name.endswith("questions.json"))
+    outputs = next(p for p in target_paths if p.name.endswith("outputs.json"))
+    train_q = next(p for p in train_paths if p.name.endswith("questions.json"))
+    train_o = next(p for p in train_paths if p.name.endswith("outputs.json"))
+    common = ["--task", TASK, "--questions", str(questions), "--outputs", str(outputs), "--model", "tiny"]
+    fast = ["--set", "show_progress=false", "--set", "max_history_pairs=2", "--set", "batch_size=2"]
+    runner = CliRunner()
+    nonpersonal = tmp_path / "np"
+    result = runner.invoke(app, ["baseline", "nonpersonal", *common, "--out", str(nonpersonal),
+                                 "--stage1-questions", str(train_q), "--stage1-outputs", str(train_o),
+                                 *fast, "--set", "stage1_epochs=0.5", "--set", "stage2_epochs=0.5"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((nonpersonal / "scores.json").read_text())
+    assert scores["method"] == "non-personalized, same budget" and scores["per_user_params"] == 0
+    assert (nonpersonal / "bridge" / "adapter_config.json").is_file()
+
+    result = runner.invoke(app, ["baseline", "nonpersonal", *common, "--out", str(tmp_path / "x"),
+                                 "--set", "k=2"])  # RAG's key: not a TAP-PER setting
+    assert result.exit_code == 2 and "k" in result.output
+    result = runner.invoke(app, ["baseline", "rag", *common, "--out", str(tmp_path / "y"),
+                                 "--from-task-model"])
+    assert result.exit_code == 2 and "oppu only" in result.output
+
+    oppu = tmp_path / "oppu"
+    result = runner.invoke(app, ["baseline", "oppu", *common, "--out", str(oppu), "--set", "show_progress=false",
+                                 "--set", "max_history_pairs=2", "--nonpersonal-run", str(nonpersonal)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((oppu / "scores.json").read_text())["method"] == "OPPU"
+
+    rag = tmp_path / "rag"
+    result = runner.invoke(app, ["baseline", "rag", *common, "--out", str(rag), "--stage1-questions", str(train_q),
+                                 "--stage1-outputs", str(train_o), "--set", "show_progress=false",
+                                 "--set", "k=1"])
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned with records" in json.loads((rag / "scores.json").read_text())["method"]
+    assert (rag / "stage1-rag" / "task_adapter").is_dir()

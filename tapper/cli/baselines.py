@@ -1,5 +1,11 @@
-"""`tapper baseline {rag,pag,oppu,perpcs,pplug}`: fit a peer on the target users' histories, answer their
-questions, write LaMP-format predictions (and scores when golds are given) plus the method's state."""
+"""`tapper baseline {nonpersonal,rag,pag,oppu,perpcs,pplug}`: fit a peer on the target users' histories, answer
+their questions, write LaMP-format predictions (and scores when golds are given) plus the method's state.
+
+Each peer is set up as `tapper compare` / bench/quality.py sets it up: RAG and PAG, given other users
+(--stage1-questions), fine-tune their own task LoRA from the zero-shot backbone with the records in every
+prompt (LaMP's fine-tuned setting); OPPU starts from the same-budget non-personalized model (`nonpersonal`:
+stage 1 plus the LoRA trained on the target histories without prefixes), trained first into OUT/nonpersonal
+unless --nonpersonal-run names one, or from the task model alone with --from-task-model."""
 
 from __future__ import annotations
 
@@ -14,9 +20,11 @@ Opt = typer.Option
 baseline_app = typer.Typer(no_args_is_help=True, help="The peers TAP-PER is compared with, on the same harness.")
 
 DESCRIPTIONS = {
+    "nonpersonal": "Non-personalized control: TAP-PER's bridge LoRA trained on the same history pairs for the same "
+                   "steps, no prefixes (the same-budget control). --set takes TAP-PER's model/train keys.",
     "rag": "RAG: top-k history records (default k=4, BM25) written into the prompt of the task-tuned backbone.",
     "pag": "PAG: RAG plus a cached per-user profile summary written by the untuned backbone.",
-    "oppu": "OPPU: one LoRA per user (r=8 on q and v) on top of the task LoRA, one file per user.",
+    "oppu": "OPPU: one LoRA per user (r=8 on q and v) from the non-personalized model, one file per user.",
     "perpcs": "PER-PCS: per-user adapters assembled from anchor users' LoRA pieces by trained gates.",
     "pplug": "PPlug: MiniLM-embedded history pooled by input-aware attention into one soft token.",
 }
@@ -31,16 +39,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def config_class(method: str) -> type:
-    """The dataclass a method's `--set` keys are fields of (their types parse the values)."""
-    from tapper.baselines.oppu import OppuConfig
-    from tapper.baselines.pag import PagConfig
-    from tapper.baselines.perpcs import PerPcsConfig
-    from tapper.baselines.pplug import PPlugConfig
-    from tapper.baselines.rag import RagConfig
+def config_classes(method: str) -> tuple[type, ...]:
+    """The dataclasses a method's `--set` keys are fields of (their types parse the values)."""
+    if method == "nonpersonal":
+        from tapper.prefix.config import TapperConfig
+        from tapper.train import TrainConfig
 
-    return {"rag": RagConfig, "pag": PagConfig, "oppu": OppuConfig, "perpcs": PerPcsConfig,
-            "pplug": PPlugConfig}[method]
+        return TapperConfig, TrainConfig
+    from tapper.baselines.registry import config_class
+
+    return (config_class(method),)
 
 
 def _read(questions: Path, outputs: Path | None, task: str):
@@ -56,13 +64,13 @@ def run_command(
     method: str, task: str, questions: Path, out: Path, outputs: Path | None, model: str, device: str,
     task_adapter: Path | None, stage1_questions: Path | None, stage1_outputs: Path | None,
     anchor_questions: Path | None, max_users: int | None, batch_size: int, set_: list[str] | None,
+    nonpersonal_run: Path | None = None, from_task_model: bool = False,
 ) -> None:
     from tapper.backbone import load_backbone
-    from tapper.baselines.common import make_baseline, run_baseline, task_tuned_backbone
-    from tapper.data.lamp_io import write_outputs
+    from tapper.baselines.common import nonpersonal_backbone, run_baseline, task_tuned_backbone
+    from tapper.baselines.registry import make_baseline
     from tapper.data.records import LampSplit
     from tapper.data.tasks import get_task
-    from tapper.io_utils import atomic_write_text
     from tapper.settings import SettingError, parse_overrides
 
     try:
@@ -70,9 +78,13 @@ def run_command(
     except KeyError as e:
         _fail(str(e.args[0]))
     try:  # before any model loads: a typo in --set costs nothing
-        overrides = parse_overrides(set_, (config_class(method),))
+        overrides = parse_overrides(set_, config_classes(method))
     except SettingError as e:
         _fail(f"--set: {e}")
+    if method != "oppu" and (nonpersonal_run is not None or from_task_model):
+        _fail("--nonpersonal-run and --from-task-model are for oppu only")
+    if nonpersonal_run is not None and from_task_model:
+        _fail("--nonpersonal-run and --from-task-model exclude each other")
     target = _read(questions, outputs, task)
     if max_users:
         target = LampSplit(target.task, target.questions[:max_users],
@@ -96,16 +108,80 @@ def run_command(
 
     out.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(model, device=device)
-    tuned = task_tuned_backbone(backbone, task, out, stage1, task_adapter)
+    if method == "nonpersonal":
+        result = _nonpersonal(backbone, task, target, out, stage1, task_adapter, overrides)
+        _report(result, task, target, out)
+        return
+    fine_tuned = method in ("rag", "pag") and stage1 is not None
+    # RAG/PAG with other users: their own task LoRA from the zero-shot backbone (LaMP's fine-tuned setting)
+    tuned = backbone if fine_tuned else task_tuned_backbone(backbone, task, out, stage1, task_adapter)
+    if method == "oppu" and not from_task_model:
+        if nonpersonal_run is None:
+            typer.echo("oppu: training the same-budget non-personalized model first (into OUT/nonpersonal; "
+                       "--nonpersonal-run reuses one, --from-task-model skips it)", err=True)
+            _nonpersonal(backbone, task, target, out / "nonpersonal", None, None, {}, tuned=tuned)
+            nonpersonal_run = out / "nonpersonal"
+        try:
+            tuned = nonpersonal_backbone(tuned, nonpersonal_run)
+        except FileNotFoundError as e:
+            _fail(str(e))
     try:
-        method_obj = make_baseline(method, tuned, task, out, overrides,
+        method_obj = make_baseline(method, copy_backbone_if(fine_tuned, tuned), task, out, overrides,
                                    summarizer=backbone if method == "pag" else None)
     except (KeyError, ValueError) as e:
         _fail(str(e.args[0]) if e.args else str(e))
+    if fine_tuned:
+        from tapper.train import resolve_configs
+
+        tcfg, cfg = resolve_configs(task, {"backbone": backbone.name,
+                                           "max_input_tokens": method_obj.config.max_input_tokens,
+                                           "max_answer_tokens": method_obj.config.max_answer_tokens},
+                                    {"seed": method_obj.config.seed, "batch_size": method_obj.config.batch_size})
+        method_obj.fine_tune(stage1, out / f"stage1-{method}", tcfg, cfg)
     if anchors is not None:
         method_obj.build_anchors(anchors)
     result = run_baseline(method_obj, target, batch_size)
+    if fine_tuned:
+        result.name = f"{result.name} (k={method_obj.config.k}, {method_obj.config.retriever}, fine-tuned with records)"
     method_obj.save(out)
+    _report(result, task, target, out)
+
+
+def copy_backbone_if(needed: bool, backbone):
+    """A private copy of the zero-shot backbone for a method that fine-tunes it (the PAG summarizer keeps
+    the original)."""
+    if not needed:
+        return backbone
+    from tapper.experiment import copy_backbone
+
+    return copy_backbone(backbone)
+
+
+def _nonpersonal(backbone, task: str, target, out: Path, stage1, task_adapter: Path | None, overrides: dict,
+                 tuned=None):
+    """The same-budget non-personalized variant (tapper.experiment.run_variant with nonpersonal_config) on the
+    task-tuned backbone; its run (with the LoRA OPPU starts from) is saved in `out`."""
+    from tapper.baselines.common import task_tuned_backbone
+    from tapper.baselines.nonpersonal import nonpersonal_config
+    from tapper.experiment import run_variant
+    from tapper.settings import SettingError, split_overrides
+    from tapper.train import resolve_configs
+
+    classes = config_classes("nonpersonal")
+    try:
+        model_over, train_over = split_overrides(overrides, classes)
+    except SettingError as e:
+        _fail(f"--set: {e}")
+    tcfg, cfg = resolve_configs(task, {"backbone": backbone.name, **model_over}, train_over)
+    if tuned is None:
+        tuned = task_tuned_backbone(backbone, task, out / "stage1", stage1, task_adapter)
+    return run_variant("non-personalized, same budget", tuned, target, nonpersonal_config(tcfg), cfg, out)
+
+
+def _report(result, task: str, target, out: Path) -> None:
+    from tapper.data.lamp_io import write_outputs
+    from tapper.io_utils import atomic_write_text
+
     write_outputs(out / "predictions.json", task, result.predictions)
     report = {"method": result.name, "task": task, "questions": len(target.questions), "metrics": result.metrics,
               "per_user_params": result.per_user_params, "train_seconds": result.train_seconds,
@@ -132,9 +208,13 @@ def _make_command(method: str):
         batch_size: Annotated[int, Opt(help="prediction batch size")] = 16,
         set_: Annotated[list[str] | None, Opt("--set", help="method config override key=value (repeatable)")]
         = None,
+        nonpersonal_run: Annotated[Path | None, Opt(help="oppu only: start from this `tapper baseline "
+                                                         "nonpersonal --out` run instead of training one")] = None,
+        from_task_model: Annotated[bool, Opt("--from-task-model", help="oppu only: start from the task model "
+                                                                       "alone (OPPU's reference)")] = False,
     ) -> None:
         run_command(method, task, questions, out, outputs, model, device, task_adapter, stage1_questions,
-                    stage1_outputs, anchor_questions, max_users, batch_size, set_)
+                    stage1_outputs, anchor_questions, max_users, batch_size, set_, nonpersonal_run, from_task_model)
 
     command.__doc__ = DESCRIPTIONS[method]
     return command
