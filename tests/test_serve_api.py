@@ -318,6 +318,15 @@ def test_a_failing_request_fails_alone_in_its_batch(server, acme):
     assert log.count("Traceback") == 1  # one traceback per failure, not the server's second copy
 
 
+def test_a_failed_refresh_job_says_only_that_it_failed(server, acme):
+    server.call("POST", "/v1/users/fay/records", {"records": [{"id": "f1", "text": "BOOM goes the fit"}]}, key=acme)
+    log_before = len(server.log())
+    job = wait_job(server, acme, server.call("POST", "/v1/users/fay/refresh", key=acme).json["id"])
+    assert job["status"] == "failed" and job["error"] == f"internal error (the server log has job {job['id']})"
+    log = server.log()[log_before:]
+    assert f"refresh job {job['id']} failed" in log and "fake fit asked to fail" in log
+
+
 def test_metrics_count_requests_batches_and_users(server, acme):
     server.call("POST", "/v1/users/met/records", records("m1"), key=acme)
     server.call("POST", "/v1/generate", [gen("met"), gen("met2")], key=acme)

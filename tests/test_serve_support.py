@@ -4,7 +4,8 @@ The fake follows TapperEngine's interface so the service can be tested without a
 - generate: output "sum=<row sum>" ("cold" without a row); record_ids are the 3 latest records dated no
   later than the query (all records when the query has no date), newest first. An input containing "BOOM"
   raises, to test that one bad request fails alone.
-- fit_user_row: FAKE_FIT_STEPS steps of FAKE_FIT_DELAY_MS each; the row is filled with the record count.
+- fit_user_row: FAKE_FIT_STEPS steps of FAKE_FIT_DELAY_MS each; the row is filled with the record count. A
+  record whose text contains "BOOM" makes it raise.
 - FAKE_BLOCK_FILE: while that file exists, generate and fit_user_row wait (at most 60 s), so a test can
   hold the engine busy, fill the queue, and then release it.
 
@@ -84,6 +85,8 @@ class FakeEngine:
 
     def fit_user_row(self, history: list[ProfileItem], *, steps=None, init=None, progress=None) -> torch.Tensor:
         _wait_while_blocked()
+        if any("BOOM" in item.text for item in history):
+            raise RuntimeError("fake fit asked to fail")
         total = steps or int(os.environ.get("FAKE_FIT_STEPS", "4"))
         delay = float(os.environ.get("FAKE_FIT_DELAY_MS", "0")) / 1000.0
         for step in range(1, total + 1):
