@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -25,6 +25,9 @@ from tqdm.auto import tqdm
 
 from tapper.io_utils import atomic_write_text, atomic_write_with
 from tapper.row_adam import RowAdam
+
+if TYPE_CHECKING:
+    from tapper.distributed import DataParallel
 
 log = logging.getLogger(__name__)
 ROW_SPARSE_OPTIMIZER = "RowAdam (per-row steps and moments), betas (0.9, 0.999)"  # recorded with results
@@ -198,13 +201,17 @@ def train(
     checkpoint_dir: str | Path | None = None,
     desc: str = "train",
     on_step: Callable[[int, int, float], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> LoopResult:
     """Optimise `params` (default: every trainable parameter of `module`) on `examples`.
 
     param_lrs maps id(param) -> its own learning rate (e.g. the user table learns faster than LoRA).
     row_sparse: tables whose rows each belong to one user and get gradient only when that user is in the
     batch. They train with RowAdam (tapper.row_adam): each row's steps and moments advance only on its own
-    updates. Every group follows the same warmup and decay."""
+    updates. Every group follows the same warmup and decay.
+
+    parallel (tapper.distributed.data_parallel): run on several processes, each taking its slice of every
+    global batch; gradients are summed across them so that every process applies the same update."""
     if not examples:
         raise ValueError(f"{desc}: no training examples")
     torch.manual_seed(cfg.seed)
@@ -238,13 +245,20 @@ def train(
             # Another run's checkpoint (other examples, settings or starting weights, e.g. a new stage 1):
             # resuming from it would silently mix two trainings.
             log.warning("%s: %s belongs to another run (%s): starting afresh", desc, ckpt, kept or "no fingerprint")
-            shutil.rmtree(ckpt)
+            if parallel is not None:
+                parallel.barrier()  # every rank has read the old state before rank 0 removes it
+            if parallel is None or parallel.is_main:
+                shutil.rmtree(ckpt)
     resumed_from = start
+    if parallel is not None:
+        parallel.start(named, cfg.seed, start)
+        loss_fn = parallel.wrap(loss_fn)
 
     module.train()
     began = time.perf_counter()
     run_tokens = 0
-    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not cfg.show_progress,
+    show = cfg.show_progress and (parallel is None or parallel.is_main)
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not show,
                dynamic_ncols=True, leave=False)
     for step in bar:
         batch = [examples[i] for i in batches[step]]
@@ -252,6 +266,8 @@ def train(
         for opt in optims:
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if parallel is not None:  # the global gradient and loss, the same on every rank
+            loss, n_tok = parallel.sync(named, sparse, loss, n_tok)
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.max_grad_norm)
         for opt, schedule in zip(optims, schedules, strict=True):
@@ -265,7 +281,10 @@ def train(
         if on_step:
             on_step(step + 1, steps, losses[-1])
         if ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-            _save_checkpoint(ckpt, named, optims, schedules, step + 1, losses, tokens, fingerprint)
+            if parallel is None or parallel.is_main:
+                _save_checkpoint(ckpt, named, optims, schedules, step + 1, losses, tokens, fingerprint)
+            if parallel is not None:
+                parallel.barrier()
     bar.close()
     module.eval()
     seconds = time.perf_counter() - began

@@ -34,6 +34,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from tapper import distributed
 from tapper.backbone import Backbone
 from tapper.baselines.common import (
     BaselineConfig,
@@ -113,10 +114,13 @@ class OppuBaseline:
 
     def fit(self, target: LampSplit) -> None:
         """Train every user with history pairs. Resumable: a user whose file was made from the same starting
-        weights, recipe and pairs (its stamp) is kept, so a killed run loses at most the user in progress."""
+        weights, recipe and pairs (its stamp) is kept, so a killed run loses at most the user in progress.
+        Under torchrun the users are sharded across the ranks (tapper.distributed.mine): each rank fits and
+        writes its own users' files, and all wait at a barrier until every file is written (the workdir must
+        be one directory that every rank sees: one machine, or a shared filesystem)."""
         pairs = history_pairs_by_user(self.builder, target, self.config.max_history_pairs)
         for i, (user_id, examples) in enumerate(pairs.items()):
-            if not examples:
+            if not examples or not distributed.mine(user_id):
                 continue
             stamp = self.fit_stamp(examples)
             if self.trained_with(user_id, stamp):
@@ -125,6 +129,7 @@ class OppuBaseline:
             result = self.train_user(user_id, examples, stamp=stamp)
             log.info("OPPU user %d/%d (%s): %d steps, loss %.3f", i + 1, len(pairs), user_id, result.steps,
                      result.final_loss)
+        distributed.barrier()
 
     def fit_stamp(self, examples: list[Example]) -> str:
         """What a user's adapter is made from: every weight as its training starts (the task-tuned backbone and
