@@ -430,3 +430,212 @@ def test_too_many_refresh_jobs_answer_503_and_a_repeated_refresh_returns_the_sam
     finally:
         block.unlink()
     assert wait_job(server, key, first.json["id"])["status"] == "done"
+
+
+# -- trying the API: the security scheme and examples in the OpenAPI, the content type, keys, int8 rows ------
+
+def test_openapi_declares_the_key_schemes_so_docs_has_authorize(server):
+    schema = server.call("GET", "/openapi.json").json
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {**schemes["apiKey"], "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, method in (("/v1/users/{user_id}/records", "post"), ("/v1/generate", "post"),
+                         ("/v1/users/{user_id}/refresh", "post"), ("/v1/jobs/{job_id}", "get"),
+                         ("/v1/users/{user_id}", "delete")):
+        assert {"bearer": []} in schema["paths"][path][method]["security"], path
+    for path in ("/healthz", "/metrics"):
+        assert "security" not in schema["paths"][path]["get"], path
+
+
+def test_the_request_examples_in_the_docs_are_accepted(server, acme):
+    from tapper.serve.schemas import GENERATE_EXAMPLES, RECORDS_EXAMPLES
+
+    paths = server.call("GET", "/openapi.json").json["paths"]
+    shown = paths["/v1/users/{user_id}/records"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert {k: v["value"] for k, v in shown.items()} == {k: v["value"] for k, v in RECORDS_EXAMPLES.items()}
+    shown = paths["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert {k: v["value"] for k, v in shown.items()} == {k: v["value"] for k, v in GENERATE_EXAMPLES.items()}
+    for i, example in enumerate(RECORDS_EXAMPLES.values()):
+        reply = server.call("POST", f"/v1/users/docs-example-{i}/records", example["value"], key=acme)
+        assert reply.status == 200, reply.json
+    for example in GENERATE_EXAMPLES.values():
+        reply = server.call("POST", "/v1/generate", example["value"], key=acme)
+        assert reply.status == 200, reply.json
+
+
+def test_a_body_without_the_json_content_type_is_a_415_that_says_to_set_it(server, acme):
+    import http.client
+
+    body = json.dumps(records("ct1"))
+    form = server.call("POST", "/v1/users/ct-user/records", raw=body.encode(), key=acme,
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})  # what curl -d sends
+    assert form.status == 415 and "Content-Type: application/json" in form.json["detail"], form.json
+    assert server.call("GET", "/v1/users/ct-user", key=acme).status == 404  # nothing stored
+    # no Content-Type at all: read as JSON
+    host, port = server.base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", "/v1/users/ct-user/records", body=body.encode(),
+                     headers={"Authorization": f"Bearer {acme}"})
+        reply = conn.getresponse()
+        assert reply.status == 200, reply.read()
+    finally:
+        conn.close()
+    # a route without a body does not care
+    refresh = server.call("POST", "/v1/users/ct-user/refresh", key=acme)
+    assert refresh.status == 202
+
+
+def test_keys_are_listed_by_id_and_a_revoked_key_is_refused_at_once(tmp_path):
+    from fastapi.testclient import TestClient
+    from test_serve_support import FakeEngine
+    from typer.testing import CliRunner
+
+    from tapper.cli import app
+    from tapper.data.tasks import get_task
+    from tapper.serve import create_app, hash_api_key
+    from tapper.store import UserStore
+
+    db = f"sqlite:///{tmp_path / 'keys.db'}"
+    runner = CliRunner()
+    keys = {}
+    for tenant in ("acme", "globex", "initech"):
+        made = runner.invoke(app, ["serve", "add-key", "--tenant", tenant, "--db", db])
+        assert made.exit_code == 0, made.output
+        keys[tenant] = made.output.strip().splitlines()[-1]
+    store = UserStore(db)  # the server's own store, open while the CLI changes the keys
+    try:
+        with TestClient(create_app(FakeEngine(), store, get_task("LaMP_3"))) as client:
+            def status(key: str) -> int:
+                return client.get("/v1/users/nobody", headers={"Authorization": f"Bearer {key}"}).status_code
+
+            assert status(keys["initech"]) == 404  # accepted: the user is just not there
+            listed = runner.invoke(app, ["serve", "list-keys", "--db", db, "--tenant", "initech"])
+            assert listed.exit_code == 0, listed.output
+            key_id = hash_api_key(keys["initech"])[:12]
+            assert f"{key_id}\tinitech\t" in listed.output and keys["initech"] not in listed.output
+            assert "acme" not in listed.output
+            everyone = runner.invoke(app, ["serve", "list-keys", "--db", db]).output
+            assert all(f"\t{t}\t" in everyone for t in keys)
+
+            bad = runner.invoke(app, ["serve", "revoke-key", "--db", db, "--id", "xyz"])
+            assert bad.exit_code == 2 and "hex digits" in bad.output
+            both = runner.invoke(app, ["serve", "revoke-key", "--db", db, "--id", key_id, "--tenant", "acme"])
+            assert both.exit_code == 2
+            revoked = runner.invoke(app, ["serve", "revoke-key", "--db", db, "--id", key_id])
+            assert revoked.exit_code == 0 and f"revoked {key_id} (initech)" in revoked.output, revoked.output
+            assert status(keys["initech"]) == 401 and status(keys["acme"]) == 404  # only that key
+            again = runner.invoke(app, ["serve", "revoke-key", "--db", db, "--key", keys["initech"]])
+            assert again.exit_code == 1 and "no such key" in again.output
+            tenant = runner.invoke(app, ["serve", "revoke-key", "--db", db, "--tenant", "globex"])
+            assert tenant.exit_code == 0 and "(globex)" in tenant.output
+            assert status(keys["globex"]) == 401 and status(keys["acme"]) == 404
+    finally:
+        store.close()
+
+
+def test_add_key_defaults_to_the_run_store_like_serve(tmp_path):
+    from typer.testing import CliRunner
+
+    from tapper.cli import app
+    from tapper.store import UserStore
+
+    run = tmp_path / "run"
+    run.mkdir()
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", "add-key", "--tenant", "acme"])
+    assert missing.exit_code == 2 and "--run" in missing.output
+    made = runner.invoke(app, ["serve", "add-key", "--tenant", "acme", "--run", str(run)])
+    assert made.exit_code == 0, made.output
+    store = UserStore(f"sqlite:///{run / 'serve.db'}")  # what `tapper serve --run RUN` opens
+    try:
+        from tapper.serve import hash_api_key
+
+        assert store.tenant_for_key(hash_api_key(made.output.strip().splitlines()[-1])) == "acme"
+    finally:
+        store.close()
+    listed = runner.invoke(app, ["serve", "list-keys", "--run", str(run)])
+    assert listed.exit_code == 0 and "\tacme\t" in listed.output
+
+
+@pytest.mark.parametrize("row_format, row_bytes", [("int8", FAKE_ROW_SIZE + 4), ("float32", 4 * FAKE_ROW_SIZE)])
+def test_refitted_rows_are_stored_in_the_configured_format_and_served(tmp_path, row_format, row_bytes):
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+    from test_serve_support import FakeEngine
+
+    from tapper.data.tasks import get_task
+    from tapper.serve import create_api_key, create_app
+    from tapper.store import UserStore
+
+    path = tmp_path / "rows.db"
+    store = UserStore(f"sqlite:///{path}", row_format=row_format)
+    try:
+        key = create_api_key(store, "acme")
+        with TestClient(create_app(FakeEngine(), store, get_task("LaMP_3"))) as client:
+            auth = {"Authorization": f"Bearer {key}"}
+            assert client.post("/v1/users/ann/records", json=records("x1", "x2", "x3"), headers=auth).status_code == 200
+            job = client.post("/v1/users/ann/refresh", headers=auth).json()
+            for _ in range(600):
+                job = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+                if job["status"] in ("done", "failed"):
+                    break
+                time.sleep(0.05)
+            assert job["status"] == "done", job
+            with sqlite3.connect(path) as raw:
+                (data,) = raw.execute("SELECT row_data FROM users WHERE user_id = 'ann'").fetchone()
+            assert len(data) == row_bytes
+            out = client.post("/v1/generate", json=gen("ann"), headers=auth).json()
+            # the fake fits a row of 3.0s (the record count); int8 keeps it to within scale / 2 per number
+            assert out["path"] == "personalized" and out["output"] == f"sum={3.0 * FAKE_ROW_SIZE:.1f}"
+    finally:
+        store.close()
+
+
+def test_rows_round_trip_in_both_formats_and_a_corrupt_row_is_named():
+    import torch
+
+    from tapper.store import StoreError, decode_row, encode_row
+
+    row = torch.linspace(-1.5, 2.0, 24)
+    exact, size = encode_row(row)
+    assert size == 24 and len(exact) == 96 and torch.equal(decode_row(exact, 24, 24, "u"), row)
+    small, size = encode_row(row, "int8")
+    assert size == 24 and len(small) == 28
+    back = decode_row(small, 24, 24, "u")
+    scale = 2.0 / 127
+    assert float((back - row).abs().max()) <= scale / 2 + 1e-6
+    assert not torch.equal(back, row)  # it is a rounding, not a copy
+    with pytest.raises(StoreError, match="corrupt"):
+        decode_row(small[:-1], 24, 24, "user 'ann'")
+    with pytest.raises(StoreError, match="another run"):
+        decode_row(small, 24, 32, "u")
+    with pytest.raises(ValueError, match="row format"):
+        encode_row(row, "int4")
+
+
+def test_quantize_writes_the_run_user_table_as_int8(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from tapper.cli import app
+    from tapper.prefix.user_state import USERS_NAME, WEIGHTS_NAME, UserStateTable
+
+    run = tmp_path / "run"
+    table = UserStateTable(64, init_std=0.5)
+    table.add_users([f"u{i}" for i in range(10)])
+    with torch.no_grad():
+        table.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    table.save_pretrained(run / "user_state")
+    before = (run / "user_state" / WEIGHTS_NAME).stat().st_size
+    result = CliRunner().invoke(app, ["quantize", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((run / "user_state" / USERS_NAME).read_text())
+    assert meta["int8"] is True and meta["user_ids"] == [f"u{i}" for i in range(10)]
+    assert (run / "user_state" / WEIGHTS_NAME).stat().st_size < before / 2
+    loaded = UserStateTable.from_pretrained(run / "user_state")
+    scale = table.weight.abs().amax(dim=1) / 127
+    assert bool(((loaded.weight - table.weight).abs() <= scale[:, None] / 2 + 1e-6).all())
+    missing = CliRunner().invoke(app, ["quantize", "--run", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "user table" in missing.output

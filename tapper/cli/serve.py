@@ -1,4 +1,6 @@
-"""`tapper serve`: run the HTTP service; `tapper serve add-key`: hand a tenant a new API key.
+"""`tapper serve`: run the HTTP service; `tapper serve add-key | list-keys | revoke-key`: manage the tenants' API
+keys (in the store the server uses: RUN/serve.db by default, as for `tapper serve`); `tapper quantize`: write a
+run's user table as int8 rows.
 
 Shutdown: SIGTERM or SIGINT stops accepting requests, lets uvicorn finish the ones in flight, then closes the
 store (on SQLite: the write-ahead log is checkpointed and removed) before the process ends with that signal.
@@ -19,6 +21,11 @@ import typer
 DEFAULT_DB_NAME = "serve.db"
 METRICS_KEY_ENV = "TAPPER_METRICS_KEY"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class RowFormat(StrEnum):
+    float32 = "float32"  # exact
+    int8 = "int8"  # int8 numbers + one float32 scale per row: a quarter of the bytes
 
 
 class AccessLog(StrEnum):
@@ -66,6 +73,9 @@ def serve(
         help="torch intra-op threads (default: torch's choice); 1 avoids thread thrash on a busy CPU")] = None,
     access_log: Annotated[AccessLog, typer.Option(
         help="on: one line per request with the route template (never a user id); off: none")] = AccessLog.on,
+    row_format: Annotated[RowFormat, typer.Option(
+        help="how the store writes refitted P_u rows: float32 (exact) or int8 (per-row scale, a quarter of the "
+             "bytes); rows of either format are read")] = RowFormat.float32,
 ) -> None:
     """Serve personalized generation over HTTP (OpenAPI docs at /docs)."""
     if ctx.invoked_subcommand is not None:
@@ -88,7 +98,7 @@ def serve(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     engine = TapperEngine.from_pretrained(run, device=device, backbone=model, allow_other_backbone=allow_other_model)
-    store = UserStore(db or _default_db(run))
+    store = UserStore(db or _default_db(run), row_format=RowFormat(row_format).value)
     try:
         app = create_app(engine, store, _run_task(engine, run), config)
     except BaseException:
@@ -157,15 +167,34 @@ def end_like(received: list[int]) -> None:
         signal.raise_signal(received[0])
 
 
+RunOption = Annotated[Path | None, typer.Option("--run", help="the served run: its store RUN/serve.db is used "
+                                                              "(as `tapper serve --run RUN` does)")]
+DbOption = Annotated[str | None, typer.Option(help="the store the server uses (sqlite:///... or postgresql://...); "
+                                                   "default: RUN/serve.db")]
+
+
+def _store_url(run: Path | None, db: str | None) -> str:
+    """--db, or the store `tapper serve --run RUN` uses by default."""
+    if db:
+        return db
+    if run is None:
+        raise typer.BadParameter("give --run RUN (its store RUN/serve.db, as `tapper serve` uses) or --db URL",
+                                 param_hint="--run / --db")
+    if not run.is_dir():
+        raise typer.BadParameter(f"{run} is not a directory", param_hint="--run")
+    return _default_db(run)
+
+
 def add_key(
     tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
-    db: Annotated[str, typer.Option(help="the store the server uses (sqlite:///... or postgresql://...)")],
+    run: RunOption = None,
+    db: DbOption = None,
 ) -> None:
     """Create an API key for a tenant and print it once (only its hash is stored)."""
     from tapper.serve import create_api_key
     from tapper.store import UserStore
 
-    store = UserStore(db)
+    store = UserStore(_store_url(run, db))
     try:
         key = create_api_key(store, tenant)
     except ValueError as e:
@@ -175,8 +204,87 @@ def add_key(
     typer.echo(key)
 
 
+def list_keys(
+    run: RunOption = None,
+    db: DbOption = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
+) -> None:
+    """List the API keys: id (the start of the key's hash; the key itself is never stored), tenant, created."""
+    from datetime import UTC, datetime
+
+    from tapper.store import UserStore
+
+    store = UserStore(_store_url(run, db))
+    try:
+        keys = store.list_api_keys(tenant)
+    finally:
+        store.close()
+    if not keys:
+        typer.echo("no API keys" + (f" for tenant {tenant!r}" if tenant else ""), err=True)
+        return
+    typer.echo("key id\ttenant\tcreated (UTC)")
+    for k in keys:
+        created = datetime.fromtimestamp(k.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{k.key_id}\t{k.tenant}\t{created}")
+
+
+def revoke_key(
+    key_id: Annotated[str | None, typer.Option("--id", help="a key id as `list-keys` shows it")] = None,
+    key: Annotated[str | None, typer.Option(help="the key itself")] = None,
+    tenant: Annotated[str | None, typer.Option(help="revoke every key of this tenant")] = None,
+    run: RunOption = None,
+    db: DbOption = None,
+) -> None:
+    """Revoke API keys (one by id or by the key, or all of a tenant's); a revoked key is refused at once by every
+    server on the store (keys are looked up on each request)."""
+    from tapper.serve import hash_api_key
+    from tapper.store import UserStore
+
+    if sum(x is not None for x in (key_id, key, tenant)) != 1:
+        raise typer.BadParameter("give exactly one of --id, --key, --tenant", param_hint="--id / --key / --tenant")
+    store = UserStore(_store_url(run, db))
+    try:
+        revoked = store.revoke_api_keys(key_hash=hash_api_key(key) if key is not None else None, key_id=key_id,
+                                        tenant=tenant)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--id") from None
+    finally:
+        store.close()
+    if not revoked:
+        typer.echo("error: no such key" if tenant is None else f"error: tenant {tenant!r} has no keys", err=True)
+        raise typer.Exit(1)
+    for k in revoked:
+        typer.echo(f"revoked {k.key_id} ({k.tenant})")
+
+
+def quantize(
+    run: Annotated[Path, typer.Option("--run", help="a trained run directory; its user table is rewritten")],
+) -> None:
+    """Rewrite a run's user table (RUN/user_state) as int8 rows with a per-row scale: a quarter of the bytes,
+    read back dequantized by every loader. (`tapper onboard` saves the table as float32 again.)"""
+    from tapper.io_utils import atomic_replace_dir
+    from tapper.prefix.model import USER_STATE_DIR
+    from tapper.prefix.user_state import USERS_NAME, WEIGHTS_NAME, UserStateTable
+
+    folder = run / USER_STATE_DIR
+    if not (folder / USERS_NAME).is_file():
+        raise typer.BadParameter(f"{folder} holds no user table ({USERS_NAME})", param_hint="--run")
+    before = (folder / WEIGHTS_NAME).stat().st_size
+    table = UserStateTable.from_pretrained(folder)
+    original = table.weight.detach().clone()
+    atomic_replace_dir(folder, lambda where: table.save_pretrained(where, int8=True))  # built aside, swapped in
+    reread = UserStateTable.from_pretrained(folder).weight.detach()
+    error = float((reread - original).abs().max()) if len(original) else 0.0
+    after = (folder / WEIGHTS_NAME).stat().st_size
+    typer.echo(f"{folder}: {len(original)} rows of {table.row_size} as int8, {before:,} -> {after:,} bytes; "
+               f"largest change {error:.3g}")
+
+
 def register(app: typer.Typer) -> None:
     serve_app = typer.Typer(help="Serve personalized generation over HTTP.", add_completion=False)
     serve_app.callback(invoke_without_command=True)(serve)
     serve_app.command("add-key")(add_key)
+    serve_app.command("list-keys")(list_keys)
+    serve_app.command("revoke-key")(revoke_key)
+    app.command("quantize")(quantize)
     app.add_typer(serve_app, name="serve")

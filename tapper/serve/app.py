@@ -39,8 +39,10 @@ from tapper.serve.json_body import StrictJSONRoute
 from tapper.serve.metrics import ServeMetrics
 from tapper.serve.records import to_new_record
 from tapper.serve.schemas import (
+    GENERATE_EXAMPLES,
     ID_PATTERN,
     MAX_GENERATE_ITEMS,
+    RECORDS_EXAMPLES,
     AppendIn,
     AppendOut,
     GenerateIn,
@@ -100,9 +102,15 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
 
     app = FastAPI(
         title="tapper serve",
-        description="Personalized generation with TAP-PER prefixes, for many users from one process.",
+        description=(
+            "Personalized generation with TAP-PER prefixes, for many users from one process.\n\n"
+            "Every /v1 route needs an API key (`tapper serve add-key`): press **Authorize** and paste it, or send "
+            "`Authorization: Bearer <key>` (or `X-API-Key: <key>`). Bodies are JSON: send "
+            "`Content-Type: application/json`."
+        ),
         version="1",
         lifespan=lifespan,
+        strict_content_type=False,  # a body without any Content-Type is read as JSON (json_body.py)
     )
     app.router.route_class = StrictJSONRoute  # every route below parses its body strictly
     app.state.store = store
@@ -131,7 +139,9 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/users/{user_id}/records", response_model=AppendOut, tags=["users"])
-    def append_records(user_id: UserIdPath, body: AppendIn, tenant: Tenant) -> AppendOut:
+    def append_records(
+        user_id: UserIdPath, body: Annotated[AppendIn, Body(openapi_examples=RECORDS_EXAMPLES)], tenant: Tenant
+    ) -> AppendOut:
         """Append history records; a record id already stored with the same content is skipped."""
         _check_task_rules(body.records, task)  # before anything is stored: a refused request stores nothing
         records = [to_new_record(r, task) for r in body.records]
@@ -192,7 +202,7 @@ def create_app(engine: TapperEngine, store: UserStore, task: Task, config: Serve
 
     @app.post("/v1/generate", tags=["generate"], response_model=GenerateOut | list[GenerateOut])
     async def generate(
-        body: Annotated[GenerateBody, Body()], tenant: Tenant
+        body: Annotated[GenerateBody, Body(openapi_examples=GENERATE_EXAMPLES)], tenant: Tenant
     ) -> GenerateOut | list[GenerateOut]:
         """One request object, or a list of them; concurrent requests share batched forward passes."""
         items = body if isinstance(body, list) else [body]

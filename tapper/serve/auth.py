@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from tapper.store import UserStore
 
@@ -42,8 +44,25 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def require_tenant(request: Request) -> str:
-    """FastAPI dependency: the caller's tenant, or 401."""
+# The two ways to present a key, declared as OpenAPI security schemes so that /docs has an Authorize button.
+# auto_error=False: require_tenant answers a missing or wrong key itself, with the API's own 401 message.
+bearer_scheme = HTTPBearer(
+    auto_error=False, scheme_name="bearer",
+    description="An API key from `tapper serve add-key`, sent as `Authorization: Bearer <key>`.",
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="apiKey",
+    description="The same API key in an `X-API-Key` header (instead of the bearer header).",
+)
+
+
+def require_tenant(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
+    _header: Annotated[str | None, Security(api_key_scheme)] = None,
+) -> str:
+    """FastAPI dependency: the caller's tenant, or 401. The security parameters only declare the schemes in
+    the OpenAPI document; the key is read by `presented_key` (bearer first, then X-API-Key)."""
     key = presented_key(request)
     store: UserStore = request.app.state.store
     tenant = store.tenant_for_key(hash_api_key(key)) if key else None

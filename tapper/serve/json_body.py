@@ -5,6 +5,10 @@ pass, a 5,000-digit number or deep nesting end in a 400 "error parsing the body"
 lone surrogate reaches the store. Every route of the app uses StrictJSONRoute, which parses the body first
 and answers 422 with the place of the problem, in the same shape as any other validation error:
 `{"detail": [{"loc": ["body", "records", 0, "score"], "msg": "...", "type": "value_error"}]}`.
+
+A body sent with another content type (`curl -d` sends application/x-www-form-urlencoded unless told
+otherwise) is answered 415 with a message that says to set `Content-Type: application/json`, instead of
+FastAPI's puzzling "Input should be a valid dictionary". A body with no content type at all is read as JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import email.message
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
@@ -59,17 +63,28 @@ def problem_as_error(problem: JSONProblem) -> dict[str, Any]:
     return {"type": kind, "loc": ("body",), "msg": problem.problem + where}
 
 
+def not_json_message(content_type: str) -> str:
+    return (f"the body must be JSON, sent with the header 'Content-Type: application/json' (this request's "
+            f"Content-Type is {content_type!r}; curl -d sends application/x-www-form-urlencoded unless given "
+            "-H 'Content-Type: application/json')")
+
+
 class StrictJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
+        takes_body = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
             request = StrictJSONRequest(request.scope, request.receive)
-            if _is_json(request.headers.get("content-type")) and await request.body():
-                try:
-                    await request.json()
-                except JSONProblem as problem:
-                    raise RequestValidationError([problem_as_error(problem)]) from None
+            content_type = request.headers.get("content-type")
+            if _is_json(content_type):
+                if await request.body():
+                    try:
+                        await request.json()
+                    except JSONProblem as problem:
+                        raise RequestValidationError([problem_as_error(problem)]) from None
+            elif takes_body and await request.body():
+                raise HTTPException(415, detail=not_json_message(content_type or ""))
             return await handle(request)
 
         return strict_handler

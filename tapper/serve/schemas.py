@@ -75,6 +75,40 @@ class AppendIn(_Strict):
     records: list[RecordIn] = Field(min_length=1, max_length=MAX_RECORDS_PER_REQUEST)
 
 
+# Request examples shown (and sendable with "Try it out") in /docs; tests send each one to the server.
+RECORDS_EXAMPLES = {
+    "reviews": {
+        "summary": "Two dated reviews (LaMP-3)",
+        "value": {"records": [
+            {"id": "r1", "text": "Loved it, my skin feels soft", "score": 5, "date": "2024-03-01"},
+            {"id": "r2", "text": "Leaked in the bag, would not buy again", "score": 2, "date": "2024-04-12"},
+        ]},
+    },
+    "news": {
+        "summary": "An article with its title (LaMP-4 / LaMP-2N)",
+        "value": {"records": [{"id": "a1", "text": "The city council voted on Tuesday to ...",
+                               "title": "Council approves new bike lanes", "category": "POLITICS",
+                               "date": 1704067200}]},
+    },
+}
+GENERATE_EXAMPLES = {
+    "one": {
+        "summary": "One request",
+        "value": {"user_id": "ann", "task": "LaMP_3",
+                  "input": "What is the score of the following review on a scale of 1 to 5? review: great value"},
+    },
+    "several": {
+        "summary": "Several requests in one call (answered in order)",
+        "value": [
+            {"user_id": "ann", "task": "LaMP_3", "input": "What is the score of the following review on a scale "
+                                                        "of 1 to 5? review: broke after a week"},
+            {"user_id": "bob", "task": "LaMP_3", "input": "What is the score of the following review on a scale "
+                                                        "of 1 to 5? review: smells lovely", "date": "2024-05-01"},
+        ],
+    },
+}
+
+
 class AppendOut(BaseModel):
     user_id: str
     added: int

@@ -2,8 +2,9 @@
 
 from tapper.store.cache import UserState, UserStateCache
 from tapper.store.dialect import StoreError
-from tapper.store.rows import decode_row, encode_row
+from tapper.store.rows import ROW_FORMATS, decode_row, encode_row
 from tapper.store.user_store import (
+    ApiKeyInfo,
     AppendResult,
     Job,
     NewRecord,
@@ -15,6 +16,6 @@ from tapper.store.user_store import (
 )
 
 __all__ = [
-    "AppendResult", "Job", "NewRecord", "RecordConflict", "StoreError", "UserGone", "UserHead", "UserState",
-    "UserStateCache", "UserStore", "decode_row", "encode_row", "order_history",
+    "ROW_FORMATS", "ApiKeyInfo", "AppendResult", "Job", "NewRecord", "RecordConflict", "StoreError", "UserGone",
+    "UserHead", "UserState", "UserStateCache", "UserStore", "decode_row", "encode_row", "order_history",
 ]

@@ -17,7 +17,7 @@ import torch
 from tapper.data.records import ProfileItem
 from tapper.store.crash_hooks import pause_midway
 from tapper.store.dialect import Cursor, Database, StoreError
-from tapper.store.rows import decode_row, encode_row
+from tapper.store.rows import ROW_FORMATS, decode_row, encode_row
 from tapper.store.schema import SCHEMA_VERSION, schema_statements
 
 JOB_ACTIVE = ("queued", "running")
@@ -83,8 +83,23 @@ def order_history(items: list[ProfileItem]) -> list[ProfileItem]:
     return sorted(items, key=lambda it: it.position)
 
 
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    key_id: str  # the first 12 hex digits of the key's SHA-256: names a key without revealing it
+    tenant: str
+    created: float
+
+
+KEY_ID_CHARS = 12
+
+
 class UserStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, row_format: str = "float32") -> None:
+        """`row_format`: how P_u rows fitted from now on are written, "float32" (exact) or "int8" (a quarter of
+        the bytes, per-row scale; tapper.store.rows). Rows of either format are read back."""
+        if row_format not in ROW_FORMATS:
+            raise ValueError(f"unknown row format {row_format!r}; known: {', '.join(ROW_FORMATS)}")
+        self.row_format = row_format
         self.db = Database(url)
         with self.db.transaction() as cur:
             for statement in schema_statements(self.db.dialect):
@@ -134,6 +149,40 @@ class UserStore:
         with self.db.transaction(read_only=True) as cur:
             found = cur.execute("SELECT tenant FROM api_keys WHERE key_hash = ?", (key_hash,)).one()
         return None if found is None else str(found[0])
+
+    def list_api_keys(self, tenant: str | None = None) -> list[ApiKeyInfo]:
+        """Every key (or a tenant's), oldest first, by id; the keys themselves were never stored."""
+        only = "" if tenant is None else " WHERE tenant = ?"
+        with self.db.transaction(read_only=True) as cur:
+            rows = cur.execute(f"SELECT key_hash, tenant, created FROM api_keys{only} ORDER BY created, key_hash",
+                               () if tenant is None else (tenant,)).all()
+        return [ApiKeyInfo(str(h)[:KEY_ID_CHARS], str(t), float(c)) for h, t, c in rows]
+
+    def revoke_api_keys(self, key_hash: str | None = None, key_id: str | None = None,
+                        tenant: str | None = None) -> list[ApiKeyInfo]:
+        """Delete one key (by its hash, or its id: a unique prefix of the hash, at least 8 hex digits) or every
+        key of a tenant; returns what was revoked. A key id matching several keys revokes none (ValueError)."""
+        if sum(x is not None for x in (key_hash, key_id, tenant)) != 1:
+            raise ValueError("name exactly one of: a key, a key id, a tenant")
+        if key_id is not None:
+            key_id = key_id.strip().lower()
+            if len(key_id) < 8 or any(c not in "0123456789abcdef" for c in key_id):
+                raise ValueError(f"key id {key_id!r}: give at least 8 hex digits (as `list-keys` shows them)")
+        with self.db.transaction() as cur:
+            if key_hash is not None:
+                rows = cur.execute("SELECT key_hash, tenant, created FROM api_keys WHERE key_hash = ?",
+                                   (key_hash,)).all()
+            elif key_id is not None:
+                rows = cur.execute("SELECT key_hash, tenant, created FROM api_keys WHERE key_hash LIKE ?",
+                                   (key_id + "%",)).all()
+                if len(rows) > 1:
+                    raise ValueError(f"key id {key_id!r} matches {len(rows)} keys: give more digits")
+            else:
+                rows = cur.execute("SELECT key_hash, tenant, created FROM api_keys WHERE tenant = ?",
+                                   (tenant,)).all()
+            for h, _, _ in rows:
+                cur.execute("DELETE FROM api_keys WHERE key_hash = ?", (h,))
+        return [ApiKeyInfo(str(h)[:KEY_ID_CHARS], str(t), float(c)) for h, t, c in rows]
 
     # ---- users and records --------------------------------------------------------------------------------
 
@@ -340,8 +389,9 @@ class UserStore:
         return None if found is None else Job(*found)
 
     def finish_refresh(self, job_id: str, uid: str, row: torch.Tensor, history_version: int) -> int:
-        """Store the fitted row and mark the job done, atomically; returns the new row version."""
-        data, size = encode_row(row)
+        """Store the fitted row (in the store's row format) and mark the job done, atomically; returns the new
+        row version."""
+        data, size = encode_row(row, self.row_format)
         with self.db.transaction() as cur:
             found = cur.execute(
                 f"SELECT row_version FROM users WHERE uid = ?{self.db.dialect.lock_row}", (uid,)
