@@ -271,7 +271,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parent  # the installed tapper package
 def source_hash(root: str | Path | None = None) -> str:
     """sha256 (first 16 hex digits) over the sorted relative paths and bytes of every .py and .json file
     under `root` (default: the installed `tapper` package, hashed once per process: the code that runs is
-    the code loaded at its start). Caches (__pycache__) are not read."""
+    the code loaded at its start). Caches (__pycache__) are not read, nor the parts that cannot change a
+    quality result (NOT_RESULT_SOURCE: the HTTP service, its store, the command line), so that work on
+    them does not throw away hours of kept training."""
     if root is None:
         return _package_source_hash()
     return _hash_tree(Path(root))
@@ -282,11 +284,15 @@ def _package_source_hash() -> str:
     return _hash_tree(PACKAGE_ROOT)
 
 
+NOT_RESULT_SOURCE = ("serve", "store", "cli")  # top-level subpackages left out of the source hash
+
+
 def _hash_tree(root: Path) -> str:
     if not root.is_dir():
         raise FileNotFoundError(f"source hash: {root} is not a directory")
     files = sorted(
-        (p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file() and "__pycache__" not in p.parts),
+        (p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file() and "__pycache__" not in p.parts
+         and p.relative_to(root).parts[0] not in NOT_RESULT_SOURCE),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     digest = hashlib.sha256()

@@ -172,6 +172,17 @@ def test_source_hash_ignores_caches_and_other_files(tmp_path):
     assert source_hash(package) == before
 
 
+def test_source_hash_leaves_out_the_service_and_the_command_line(tmp_path):
+    """Kept quality results survive work on the parts that cannot change them."""
+    package = _copy_package(tmp_path)
+    before = source_hash(package)
+    for part in ("serve/app.py", "store/user_store.py", "cli/model.py"):
+        (package / part).write_text((package / part).read_text() + "\n# edited\n")
+    assert source_hash(package) == before
+    (package / "prefix" / "model.py").write_text((package / "prefix" / "model.py").read_text() + "\n# edited\n")
+    assert source_hash(package) != before
+
+
 def test_source_hash_default_is_the_installed_package():
     import tapper
     from tapper.settings import PACKAGE_ROOT
