@@ -98,6 +98,8 @@ def init(device: str = "cpu") -> str:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend, timeout=TIMEOUT)
         log.info("rank %d/%d (%s) on %s", rank_, world, backend, device)
+        if rank_ != 0:  # rank 0 tells the story; the others speak up only for warnings
+            logging.getLogger("tapper").setLevel(logging.WARNING)
     return device
 
 

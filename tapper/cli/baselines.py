@@ -85,6 +85,7 @@ def run_command(
         _fail("--nonpersonal-run and --from-task-model are for oppu only")
     if nonpersonal_run is not None and from_task_model:
         _fail("--nonpersonal-run and --from-task-model exclude each other")
+    device = _torchrun_device(method, device, stage1_questions, nonpersonal_run, from_task_model)
     target = _read(questions, outputs, task)
     if max_users:
         target = LampSplit(target.task, target.questions[:max_users],
@@ -140,11 +141,52 @@ def run_command(
         method_obj.fine_tune(stage1, out / f"stage1-{method}", tcfg, cfg)
     if anchors is not None:
         method_obj.build_anchors(anchors)
-    result = run_baseline(method_obj, target, batch_size)
+    sharded = _sharded()
+    result = _fit_sharded(method_obj, target, batch_size) if sharded else run_baseline(method_obj, target, batch_size)
+    if result is None:
+        return  # under torchrun rank 0 predicts and writes for all
     if fine_tuned:
         result.name = f"{result.name} (k={method_obj.config.k}, {method_obj.config.retriever}, fine-tuned with records)"
     method_obj.save(out)
     _report(result, task, target, out)
+
+
+def _sharded() -> bool:
+    from tapper import distributed
+
+    return distributed.active()
+
+
+def _torchrun_device(method: str, device: str, stage1_questions, nonpersonal_run, from_task_model: bool) -> str:
+    """Under torchrun only OPPU runs, its users' fits sharded across the ranks (tapper.distributed); what it
+    starts from must already exist, so that no rank trains anything else."""
+    from tapper import distributed
+
+    if distributed.env_world()[1] <= 1:
+        return device
+    if method != "oppu" or stage1_questions is not None or (nonpersonal_run is None and not from_task_model):
+        _fail("under torchrun only `oppu` runs (its users are sharded across the processes), from models that "
+              "exist: give --task-adapter and --nonpersonal-run (or --from-task-model), not --stage1-questions")
+    return distributed.init(device)
+
+
+def _fit_sharded(method_obj, target, batch_size: int):
+    """Every rank fits its share of the users; rank 0 then predicts for all (None on the other ranks)."""
+    import time
+
+    from tapper import distributed
+    from tapper.baselines.common import run_baseline
+
+    began = time.perf_counter()
+    method_obj.fit(target)  # ends at a barrier: every user's file is written
+    seconds = time.perf_counter() - began
+    main = distributed.is_main()
+    distributed.teardown()
+    if not main:
+        return None
+    result = run_baseline(method_obj, target, batch_size, fit=False)
+    result.train_seconds = seconds
+    return result
 
 
 def copy_backbone_if(needed: bool, backbone):

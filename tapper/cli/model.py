@@ -123,11 +123,13 @@ def register(app: typer.Typer) -> None:
 
         Every step's loss goes to OUT/train_log.jsonl; a rerun of a finished run with the same settings, data
         and backbone does nothing, and one with changes says what changed."""
+        from tapper import distributed
         from tapper.backbone import check_device
         from tapper.train import LOSS_LOG_NAME, resolve_configs, train_tapper
 
         task = _task(task)
         check_device(device)
+        device = distributed.init(device)  # under torchrun: the process group, and cuda:LOCAL_RANK for cuda
         m, t = split_overrides(parse_overrides(set_))
         tcfg, cfg = resolve_configs(task, {"backbone": model, **m}, t)
         target = _read(questions, None, tcfg.task)
@@ -139,6 +141,9 @@ def register(app: typer.Typer) -> None:
                 _fail("--stage1-questions needs --stage1-outputs (the task LoRA trains on gold outputs)")
             stage1 = _read(stage1_questions, stage1_outputs, tcfg.task)
         trained = train_tapper(out, stage1, target, tcfg, cfg, device=device, force=force)
+        distributed.teardown()
+        if distributed.env_world()[0] != 0:
+            return  # under torchrun rank 0 reports for all
         for line in _summary_lines(trained.train_summary):
             typer.echo(line)
         typer.echo(f"saved {out} ({len(trained.user_state)} users; per-step losses in {out / LOSS_LOG_NAME})")
@@ -183,8 +188,17 @@ def register(app: typer.Typer) -> None:
         = None,
         model: Annotated[str | None, Opt(help=RUN_MODEL_HELP)] = None,
         allow_other_model: Annotated[bool, Opt(help=ALLOW_OTHER_HELP)] = False,
+        db: Annotated[str | None, Opt(help="write the rows (and the users' records) to this service store, "
+                                           "sqlite:///path.db or postgresql://..., not to RUN's table")] = None,
+        tenant: Annotated[str | None, Opt(help="with --db: the tenant the users belong to")] = None,
+        shard: Annotated[str | None, Opt(help="with --db: i/N, onboard only shard i of N of the users (a stable "
+                                              "hash of the id), or 'auto' under torchrun (RANK/WORLD_SIZE)")] = None,
     ) -> None:
-        """Fit (or refresh) P_u rows from each user's own history, everything shared frozen."""
+        """Fit (or refresh) P_u rows from each user's own history, everything shared frozen.
+
+        With --db the rows go to a service store, as `tapper serve`'s refresh jobs write them; N processes or
+        machines with --shard 0/N .. N-1/N onboard every user once (SQLite on one machine, PostgreSQL for
+        several). A rerun skips users already fitted on their current history."""
         import logging
         import time
 
@@ -201,6 +215,11 @@ def register(app: typer.Typer) -> None:
         todo = [q for q in split.questions if wanted is None or q.user_id in wanted]
         if wanted is not None and len({q.user_id for q in todo}) < len(wanted):
             _fail(f"user(s) not in {questions}: {sorted(wanted - {q.user_id for q in todo})}")
+        if db is not None or shard is not None or tenant is not None:
+            from tapper.cli.onboard_shard import onboard_to_store
+
+            onboard_to_store(model, cfg, todo, db, tenant, shard, steps)
+            return
         builder = builder_for(model, model.config)
         began = time.perf_counter()
         live = live_progress()
@@ -218,12 +237,12 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, Opt(help=MODEL_HELP)] = "default",
         out: Annotated[Path, Opt(help="where runs and demo_results.json go")] = Path("runs/demo"),
         device: Annotated[str, Opt(help=DEVICE_HELP)] = "cpu",
-        set_: Annotated[list[str] | None, Opt("--set", help="train override key=value (repeatable)")] = None,
+        set_: Annotated[list[str] | None, Opt("--set", help="model or train override key=value (repeatable)")] = None,
         users: Annotated[int, Opt(help="target users (of the sample's 32)")] = 16,
         same_budget: Annotated[bool, Opt(help="also train the non-personalized LoRA for the same steps")] = True,
     ) -> None:
         """Train and compare TAP-PER vs non-personalized on the built-in sample (the README's first command)."""
         from tapper.demo import run_demo
 
-        _, t = split_overrides(parse_overrides(set_))
-        run_demo(model, out, device, t, users, same_budget)
+        m, t = split_overrides(parse_overrides(set_))
+        run_demo(model, out, device, t, users, same_budget, model_overrides=m)
