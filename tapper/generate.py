@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from tapper.batching import encode_prompts_left, with_prefix
+from tapper.precision import run_context
 
 _STOP_IDS: dict[int, list[int]] = {}
 
@@ -85,17 +86,18 @@ def generate_batch(
         def constrain(_row: int, generated: torch.Tensor) -> list[int]:
             # From inputs_embeds alone, `generated` holds only the new tokens.
             return answer_set.allowed(generated.tolist())
-    out = model.generate(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=stop,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-        prefix_allowed_tokens_fn=constrain,
-        **generate_kwargs,
-    )
+    with run_context(model):  # bf16 autocast when the weights are held in bf16 (tapper.precision)
+        out = model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=stop,
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
+            prefix_allowed_tokens_fn=constrain,
+            **generate_kwargs,
+        )
     # From inputs_embeds alone, decoder-only generate returns just the new tokens.
     return tokenizer.batch_decode(out, skip_special_tokens=True)

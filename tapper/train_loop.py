@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tapper.io_utils import atomic_write_text, atomic_write_with
+from tapper.precision import autocast, frozen_weights_in, resolve_dtype
 from tapper.row_adam import RowAdam
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ class LoopConfig:
     seed: int = 0
     checkpoint_every: int = 0  # 0: no checkpoints
     show_progress: bool = True
+    # "fp32" | "bf16" | "auto" (tapper.precision): bf16 holds the frozen weights in bf16 and runs each forward
+    # under autocast; the trained parameters and optimiser states stay float32.
+    dtype: str = "fp32"
+    # Length-bucketed batches (batch_order): examples of similar length share a batch, so little is padding.
+    bucket: bool = True
+    bucket_window: int = 50  # batches per sorting window
 
 
 @dataclass
@@ -87,11 +94,34 @@ def lr_factor(step: int, steps: int, cfg: LoopConfig) -> float:
     return 1.0
 
 
-def batch_order(n_examples: int, steps: int, cfg: LoopConfig) -> list[list[int]]:
-    """Every step's example indices, fixed by the seed alone (so a resumed run sees the same batches)."""
+def batch_order(n_examples: int, steps: int, cfg: LoopConfig,
+                lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """Every step's example indices, fixed by the seed (and the examples' lengths) alone, so a resumed run
+    sees the same batches.
+
+    Without bucketing (cfg.bucket off, or no `lengths`): each epoch is a seeded shuffle, cut into batches that
+    may run across an epoch's end. With bucketing: each epoch's shuffle is cut into windows of
+    cfg.bucket_window batches, each window is sorted by length (ties keep the shuffled order) and cut into
+    batches, and the epoch's batches are then shuffled, so examples of similar length share a batch and the
+    order of lengths is still random. An epoch then ends with its one short batch (when n_examples is not a
+    multiple of the batch size), so an epoch is still ceil(n / batch) steps."""
     rng = random.Random(cfg.seed)
+    batches: list[list[int]] = []
+    if cfg.bucket and lengths is not None:
+        if len(lengths) != n_examples:
+            raise ValueError(f"batch_order: {len(lengths)} lengths for {n_examples} examples")
+        window = max(1, cfg.bucket_window) * cfg.batch_size
+        while len(batches) < steps:
+            epoch = list(range(n_examples))
+            rng.shuffle(epoch)
+            epoch_batches = []
+            for start in range(0, n_examples, window):
+                chunk = sorted(epoch[start:start + window], key=lambda i: lengths[i])  # windows hold whole batches
+                epoch_batches += [chunk[j:j + cfg.batch_size] for j in range(0, len(chunk), cfg.batch_size)]
+            rng.shuffle(epoch_batches)
+            batches += epoch_batches
+        return batches[:steps]
     order: list[int] = []
-    batches = []
     for _ in range(steps):
         if len(order) < cfg.batch_size:
             epoch = list(range(n_examples))
@@ -100,6 +130,40 @@ def batch_order(n_examples: int, steps: int, cfg: LoopConfig) -> list[list[int]]
         batches.append(order[: cfg.batch_size])
         order = order[cfg.batch_size:]
     return batches
+
+
+def example_length(example) -> int | None:
+    """A cheap stand-in for an example's token count, for bucketing: the characters of its prompt and answer
+    (tapper.examples.Example), or its own length for a sequence; None when neither applies."""
+    prompt = getattr(example, "prompt", None)
+    if isinstance(prompt, str):
+        return len(prompt) + len(getattr(example, "answer", None) or "")
+    if isinstance(example, (str, list, tuple)):
+        return len(example)
+    return None
+
+
+def example_lengths(examples: Sequence, length: Callable[[object], int | None] | None = None) -> list[int] | None:
+    """Every example's length (`length`, default example_length), or None when any is unknown."""
+    measure = length or example_length
+    out = []
+    for e in examples:
+        n = measure(e)
+        if n is None:
+            return None
+        out.append(int(n))
+    return out
+
+
+def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """The share of padding in the batches' rectangles (each batch padded to its longest example)."""
+    real = padded = 0
+    for b in batches:
+        if not b:
+            continue
+        real += sum(lengths[i] for i in b)
+        padded += max(lengths[i] for i in b) * len(b)
+    return 1.0 - real / padded if padded else 0.0
 
 
 def _trainable(module: nn.Module, params: Sequence[nn.Parameter] | None) -> dict[str, nn.Parameter]:
@@ -202,6 +266,7 @@ def train(
     desc: str = "train",
     on_step: Callable[[int, int, float], None] | None = None,
     parallel: DataParallel | None = None,
+    length: Callable[[T], int | None] | None = None,
 ) -> LoopResult:
     """Optimise `params` (default: every trainable parameter of `module`) on `examples`.
 
@@ -209,6 +274,11 @@ def train(
     row_sparse: tables whose rows each belong to one user and get gradient only when that user is in the
     batch. They train with RowAdam (tapper.row_adam): each row's steps and moments advance only on its own
     updates. Every group follows the same warmup and decay.
+
+    length: an example's size for length-bucketed batches (cfg.bucket; default: example_length, the
+    characters of an Example's prompt and answer). cfg.dtype "bf16" (or "auto" on hardware with bf16) holds
+    the module's frozen float32 weights in bf16 for the whole run (restored bit for bit afterwards) and runs
+    each loss_fn under autocast; trained parameters, gradients and optimiser states stay float32.
 
     parallel (tapper.distributed.data_parallel): run on several processes, each taking its slice of every
     global batch; gradients are summed across them so that every process applies the same update."""
@@ -231,7 +301,11 @@ def train(
         optims.append(RowAdam([{"params": ps, "lr": lr} for lr, ps in rows.items()]))
     steps = total_steps(len(examples), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, steps, cfg)) for o in optims]
-    batches = batch_order(len(examples), steps, cfg)
+    batches = batch_order(len(examples), steps, cfg, example_lengths(examples, length) if cfg.bucket else None)
+    device = next(iter(named.values())).device
+    dtype = resolve_dtype(cfg.dtype, device)
+    if dtype != torch.float32:
+        loss_fn = _under_autocast(loss_fn, dtype, device)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     fingerprint = run_fingerprint(module, named, examples, cfg) if ckpt else ""
@@ -260,31 +334,32 @@ def train(
     show = cfg.show_progress and (parallel is None or parallel.is_main)
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not show,
                dynamic_ncols=True, leave=False)
-    for step in bar:
-        batch = [examples[i] for i in batches[step]]
-        loss, n_tok = loss_fn(batch)
-        for opt in optims:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if parallel is not None:  # the global gradient and loss, the same on every rank
-            loss, n_tok = parallel.sync(named, sparse, loss, n_tok)
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.max_grad_norm)
-        for opt, schedule in zip(optims, schedules, strict=True):
-            opt.step()
-            schedule.step()
-        losses.append(float(loss.detach()))
-        tokens += n_tok
-        run_tokens += n_tok
-        elapsed = time.perf_counter() - began
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{run_tokens / max(elapsed, 1e-9):.0f}")
-        if on_step:
-            on_step(step + 1, steps, losses[-1])
-        if ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-            if parallel is None or parallel.is_main:
-                _save_checkpoint(ckpt, named, optims, schedules, step + 1, losses, tokens, fingerprint)
-            if parallel is not None:
-                parallel.barrier()
+    with frozen_weights_in(module, dtype):  # float32 again on the way out, for merging and saving
+        for step in bar:
+            batch = [examples[i] for i in batches[step]]
+            loss, n_tok = loss_fn(batch)
+            for opt in optims:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if parallel is not None:  # the global gradient and loss, the same on every rank
+                loss, n_tok = parallel.sync(named, sparse, loss, n_tok)
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.max_grad_norm)
+            for opt, schedule in zip(optims, schedules, strict=True):
+                opt.step()
+                schedule.step()
+            losses.append(float(loss.detach()))
+            tokens += n_tok
+            run_tokens += n_tok
+            elapsed = time.perf_counter() - began
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{run_tokens / max(elapsed, 1e-9):.0f}")
+            if on_step:
+                on_step(step + 1, steps, losses[-1])
+            if ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                if parallel is None or parallel.is_main:
+                    _save_checkpoint(ckpt, named, optims, schedules, step + 1, losses, tokens, fingerprint)
+                if parallel is not None:
+                    parallel.barrier()
     bar.close()
     module.eval()
     seconds = time.perf_counter() - began
@@ -293,6 +368,13 @@ def train(
         steps=steps, final_loss=sum(tail) / len(tail), mean_loss=sum(losses) / max(1, len(losses)),
         tokens=run_tokens, seconds=seconds, resumed_from=resumed_from,
     )
+
+
+def _under_autocast(loss_fn: LossFn, dtype: torch.dtype, device: torch.device) -> LossFn:
+    def run(batch):
+        with autocast(dtype, device):
+            return loss_fn(batch)
+    return run
 
 
 def loop_config_dict(cfg: LoopConfig) -> dict:
