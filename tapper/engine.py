@@ -15,6 +15,7 @@ import torch
 from peft import PeftModel
 
 from tapper.data.records import ProfileItem
+from tapper.precision import autocast, cast_frozen, count_params, dtype_name, resolve_dtype
 from tapper.prefix.model import TapperModel
 from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, fit_user_row
 
@@ -42,8 +43,11 @@ class TapperEngine:
     """Serves one trained run. Thread-safe for concurrent generate and fit_user_row calls: serving never
     changes a shared weight, so the only per-call state is the row being fitted."""
 
-    def __init__(self, model: TapperModel, train_config: TrainConfig | None = None, merge_bridge: bool = True):
-        """merge_bridge=False keeps the bridge LoRA as a separate adapter (only bench/speed.py wants that)."""
+    def __init__(self, model: TapperModel, train_config: TrainConfig | None = None, merge_bridge: bool = True,
+                 dtype: str = "fp32"):
+        """merge_bridge=False keeps the bridge LoRA as a separate adapter (only bench/speed.py wants that).
+        dtype (tapper.precision: fp32 | bf16 | auto): bf16 holds the backbone in bf16 once the bridge is merged
+        (in float32); P_q, the rows and every fitted row stay float32."""
         self.model = model.eval()
         if merge_bridge and isinstance(model.lm, PeftModel):
             # The bridge is shared by every user and never trained while serving: merged into the weights
@@ -51,21 +55,24 @@ class TapperEngine:
             model.lm = model.lm.merge_and_unload()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.dtype = resolve_dtype(dtype, model.device, count_params(model.hf_model))
+        cast_frozen(model.hf_model, self.dtype)
         self.train_config = train_config or TrainConfig(show_progress=False)
         self.train_config.show_progress = False
+        self.train_config.dtype = dtype_name(self.dtype)  # onboarding runs in the serving precision
         self.task = model.task
         self.row_size = model.row_size
         self.builder = builder_for(model, model.config)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", backbone=None,
-                        allow_other_backbone: bool = False) -> TapperEngine:
-        """backbone / allow_other_backbone: as in TapperModel.from_pretrained."""
+                        allow_other_backbone: bool = False, dtype: str = "fp32") -> TapperEngine:
+        """backbone / allow_other_backbone: as in TapperModel.from_pretrained; dtype: as in __init__."""
         path = Path(path)
         model = TapperModel.from_pretrained(path, device=device, backbone=backbone,
                                             allow_other_backbone=allow_other_backbone)
         cfg_path = path / TRAIN_CONFIG_NAME
-        return cls(model, TrainConfig.load(cfg_path) if cfg_path.exists() else None)
+        return cls(model, TrainConfig.load(cfg_path) if cfg_path.exists() else None, dtype=dtype)
 
     def default_row(self) -> torch.Tensor:
         """The cold-start row (the mean of the trained rows)."""
@@ -86,7 +93,8 @@ class TapperEngine:
         ]
         default = self.default_row()
         rows = torch.stack([default if r.user_row is None else r.user_row.to(default) for r in requests])
-        raw = self.model.generate(examples, user_rows=rows, max_new_tokens=max_new_tokens)
+        with autocast(self.dtype, self.model.device):  # P_q reads bf16 embeddings when the weights are bf16
+            raw = self.model.generate(examples, user_rows=rows, max_new_tokens=max_new_tokens)
         results = []
         for r, ex, text in zip(requests, examples, raw, strict=True):
             path: GenerationPath = (

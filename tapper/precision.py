@@ -5,7 +5,8 @@
 - "bf16": the frozen backbone's weights held in bfloat16 while it runs, and its forward passes under bf16
   autocast. Every trained parameter (LoRA, P_q, the user table, anchors) keeps float32 master weights and
   float32 optimiser states; weights are merged and saved in float32;
-- "auto": bf16 where the hardware has it (CUDA with bf16, a CPU with AVX512-BF16 or AMX), fp32 otherwise.
+- "auto": bf16 where the hardware has it (CUDA with bf16, a CPU with AVX512-BF16 or AMX), fp32 otherwise,
+  and fp32 for models under 10M parameters (the `tiny` test backbone), which bf16 only slows down.
 
 Why the weights and not autocast alone: autocast keeps its cast cache only for tensors that require grad, so
 a frozen float32 weight is cast to bf16 again in every op of every step. On this project's 2-core Xeon
@@ -50,14 +51,19 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_dtype(choice: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
-    """torch.float32 or torch.bfloat16 for a `dtype` choice ("auto", "fp32", "bf16"; None means "fp32")."""
+def resolve_dtype(choice: str | torch.dtype | None, device: str | torch.device = "cpu",
+                  model_params: int | None = None) -> torch.dtype:
+    """torch.float32 or torch.bfloat16 for a `dtype` choice ("auto", "fp32", "bf16"; None means "fp32").
+    "auto" stays float32 for a model under SMALL_MODEL_PARAMS parameters (when `model_params` is known):
+    there the casts cost more than the bf16 matmuls save (the tiny test model: 0.7x fp32's speed)."""
     if isinstance(choice, torch.dtype):
         if choice not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype must be float32 or bfloat16, not {choice}")
         return choice
     text = (choice or "fp32").strip().lower()
     if text == "auto":
+        if model_params is not None and model_params < SMALL_MODEL_PARAMS:
+            return torch.float32
         kind = torch.device(device).type
         if kind == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
@@ -67,6 +73,19 @@ def resolve_dtype(choice: str | torch.dtype | None, device: str | torch.device =
     if text not in _NAMES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, not {choice!r}")
     return _NAMES[text]
+
+
+_PROCESS_DTYPE = ["fp32"]
+
+
+def set_default_dtype(choice: str) -> None:
+    """The dtype of training loops whose LoopConfig.dtype is None (the peers' loops): a command's --dtype."""
+    resolve_dtype(choice)  # check it
+    _PROCESS_DTYPE[0] = choice
+
+
+def default_dtype() -> str:
+    return _PROCESS_DTYPE[0]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -155,9 +174,14 @@ def _default_threads() -> int:
 _default_threads()
 
 
-def set_threads(threads: int | None, model: nn.Module | None = None) -> int:
-    """Apply `--threads` (see resolve_threads); returns the count now in use."""
-    n_params = None if model is None else sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def set_threads(threads: int | None, model: nn.Module | None = None, model_params: int | None = None) -> int:
+    """Apply `--threads` (see resolve_threads) for `model` (or a model of `model_params` parameters); returns
+    the count now in use."""
+    n_params = count_params(model) if model is not None else model_params
     n = resolve_threads(threads, n_params)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tapper.io_utils import atomic_write_text, atomic_write_with
-from tapper.precision import autocast, frozen_weights_in, resolve_dtype
+from tapper.precision import autocast, default_dtype, frozen_weights_in, resolve_dtype
 from tapper.row_adam import RowAdam
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class LoopConfig:
     show_progress: bool = True
     # "fp32" | "bf16" | "auto" (tapper.precision): bf16 holds the frozen weights in bf16 and runs each forward
     # under autocast; the trained parameters and optimiser states stay float32.
-    dtype: str = "fp32"
+    dtype: str | None = None  # None: tapper.precision.default_dtype(), "fp32" unless a command set it
     # Length-bucketed batches (batch_order): examples of similar length share a batch, so little is padding.
     bucket: bool = True
     bucket_window: int = 50  # batches per sorting window
@@ -303,7 +303,10 @@ def train(
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, steps, cfg)) for o in optims]
     batches = batch_order(len(examples), steps, cfg, example_lengths(examples, length) if cfg.bucket else None)
     device = next(iter(named.values())).device
-    dtype = resolve_dtype(cfg.dtype, device)
+    # "auto" weighs the model's size when the module holds the frozen model (not when it is a lone row)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    dtype = resolve_dtype(cfg.dtype or default_dtype(), device,
+                          sum(p.numel() for p in module.parameters()) if frozen else None)
     if dtype != torch.float32:
         loss_fn = _under_autocast(loss_fn, dtype, device)
 

@@ -64,13 +64,14 @@ def run_command(
     method: str, task: str, questions: Path, out: Path, outputs: Path | None, model: str, device: str,
     task_adapter: Path | None, stage1_questions: Path | None, stage1_outputs: Path | None,
     anchor_questions: Path | None, max_users: int | None, batch_size: int, set_: list[str] | None,
-    nonpersonal_run: Path | None = None, from_task_model: bool = False,
+    nonpersonal_run: Path | None = None, from_task_model: bool = False, threads: int = 0, dtype: str = "auto",
 ) -> None:
     from tapper.backbone import load_backbone
     from tapper.baselines.common import nonpersonal_backbone, run_baseline, task_tuned_backbone
     from tapper.baselines.registry import make_baseline
     from tapper.data.records import LampSplit
     from tapper.data.tasks import get_task
+    from tapper.precision import count_params, dtype_name, resolve_dtype, set_default_dtype, set_threads
     from tapper.settings import SettingError, parse_overrides
 
     try:
@@ -108,7 +109,15 @@ def run_command(
             _fail("perpcs needs anchor users: --anchor-questions, or --stage1-questions (other users)")
 
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        resolve_dtype(dtype)
+    except ValueError as e:
+        _fail(f"--dtype: {e}")
     backbone = load_backbone(model, device=device)
+    set_threads(threads, backbone.model)
+    # The peers' training loops run in this precision (each loop holds the frozen weights in bf16 and restores
+    # them after, so adapters are merged into float32); their generation stays float32.
+    set_default_dtype(dtype_name(resolve_dtype(dtype, device, count_params(backbone.model))))
     if method == "nonpersonal":
         result = _nonpersonal(backbone, task, target, out, stage1, task_adapter, overrides)
         _report(result, task, target, out)
@@ -254,9 +263,14 @@ def _make_command(method: str):
                                                          "nonpersonal --out` run instead of training one")] = None,
         from_task_model: Annotated[bool, Opt("--from-task-model", help="oppu only: start from the task model "
                                                                        "alone (OPPU's reference)")] = False,
+        threads: Annotated[int, Opt(help="torch CPU threads; 0 = auto: torch's default (one per core), 1 for a "
+                                         "model under 10M parameters")] = 0,
+        dtype: Annotated[str, Opt(help="auto | fp32 | bf16 for the peer's training loops (auto: bf16 on a CPU "
+                                       "with AVX512-BF16/AMX or CUDA, for models of 10M+ parameters)")] = "auto",
     ) -> None:
         run_command(method, task, questions, out, outputs, model, device, task_adapter, stage1_questions,
-                    stage1_outputs, anchor_questions, max_users, batch_size, set_, nonpersonal_run, from_task_model)
+                    stage1_outputs, anchor_questions, max_users, batch_size, set_, nonpersonal_run, from_task_model,
+                    threads, dtype)
 
     command.__doc__ = DESCRIPTIONS[method]
     return command

@@ -17,6 +17,43 @@ RUN_MODEL_HELP = ("the backbone the run was trained on, from where it is now (de
                   "its weights are checked against the run's backbone.json")
 ALLOW_OTHER_HELP = "use --model even when its weights differ from the run's backbone (same shape only)"
 DEVICE_HELP = "torch device: cpu, cuda, cuda:1, mps (cuda needs a CUDA build of torch)"
+THREADS_HELP = ("torch CPU threads; 0 = auto: torch's default (one per core), but 1 for a model under 10M parameters "
+                "(e.g. tiny), whose ops are too small to split")
+DTYPE_HELP = ("auto | fp32 | bf16: bf16 holds the frozen backbone in bf16 and runs it under autocast (trained weights "
+              "stay float32); auto = bf16 on a CPU with AVX512-BF16/AMX or on CUDA, for models of 10M+ parameters")
+
+
+def _dtype_choice(dtype: str | None, hint: str = "--dtype") -> str | None:
+    """--dtype checked before any model loads."""
+    from tapper.precision import resolve_dtype
+
+    if dtype is not None:
+        try:
+            resolve_dtype(dtype)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint=hint) from None
+    return dtype
+
+
+def _set_threads_for_spec(threads: int, spec: str | None) -> int:
+    """--threads before the backbone loads: the tiny test model counts as small."""
+    from tapper.backbone import TINY_SPEC
+    from tapper.precision import set_threads
+
+    small = (spec or "").strip().lower() == TINY_SPEC
+    return set_threads(threads, model_params=1 if small else None)
+
+
+def _inference_precision(model, dtype: str | None, device: str, threads: int):
+    """Threads set, the loaded run's frozen backbone held in the chosen dtype (adapters were merged in
+    float32 at load), and the context its forward passes run in."""
+    from tapper.precision import autocast, cast_frozen, count_params, resolve_dtype, set_threads
+
+    n_params = count_params(model.hf_model)
+    set_threads(threads, model_params=n_params)
+    chosen = resolve_dtype(dtype or "auto", device, n_params)
+    cast_frozen(model.hf_model, chosen)
+    return chosen, autocast(chosen, device)
 
 
 def _config_classes() -> tuple[type, type]:
@@ -118,6 +155,8 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, Opt("--set", help="config override key=value (repeatable)")] = None,
         force: Annotated[bool, Opt(help="train again even if --out holds a run finished from the same inputs")]
         = False,
+        threads: Annotated[int, Opt(help=THREADS_HELP)] = 0,
+        dtype: Annotated[str | None, Opt(help=DTYPE_HELP + " (default: TrainConfig.dtype, auto)")] = None,
     ) -> None:
         """Stage 1 (task LoRA on other users, merged) then stage 2 (P_u + P_q + bridge on target histories).
 
@@ -131,7 +170,10 @@ def register(app: typer.Typer) -> None:
         check_device(device)
         device = distributed.init(device)  # under torchrun: the process group, and cuda:LOCAL_RANK for cuda
         m, t = split_overrides(parse_overrides(set_))
+        if _dtype_choice(dtype) is not None:
+            t["dtype"] = dtype
         tcfg, cfg = resolve_configs(task, {"backbone": model, **m}, t)
+        _set_threads_for_spec(threads, tcfg.backbone)
         target = _read(questions, None, tcfg.task)
         if max_users:
             target.questions = target.questions[:max_users]
@@ -158,6 +200,8 @@ def register(app: typer.Typer) -> None:
         raw_out: Annotated[Path | None, Opt(help="also write the raw generations (JSON)")] = None,
         model: Annotated[str | None, Opt(help=RUN_MODEL_HELP)] = None,
         allow_other_model: Annotated[bool, Opt(help=ALLOW_OTHER_HELP)] = False,
+        threads: Annotated[int, Opt(help=THREADS_HELP)] = 0,
+        dtype: Annotated[str, Opt(help=DTYPE_HELP)] = "auto",
     ) -> None:
         """Batched greedy generation, one user's prefix per row; users without a row get the mean row."""
         from tapper.data.lamp_io import write_outputs
@@ -165,12 +209,15 @@ def register(app: typer.Typer) -> None:
         from tapper.predict import predict_examples
         from tapper.train import builder_for
 
+        _dtype_choice(dtype)
         model = _load_run(run, device, model, allow_other_model)  # --model (a spec) gives way to the loaded run
+        _, precision_context = _inference_precision(model, dtype, device, threads)
         split = _read(questions, None, model.task.name)
         builder = builder_for(model, model.config)
         examples = [builder.for_question(q) for q in split.questions]
         builder.undated.report(str(questions))
-        preds, raw = predict_examples(model.generate, examples, model.task, batch_size)
+        with precision_context:
+            preds, raw = predict_examples(model.generate, examples, model.task, batch_size)
         write_outputs(out, model.task.name, preds)
         if raw_out:
             atomic_write_text(raw_out, json.dumps(raw, ensure_ascii=False, indent=1) + "\n")
@@ -193,6 +240,8 @@ def register(app: typer.Typer) -> None:
         tenant: Annotated[str | None, Opt(help="with --db: the tenant the users belong to")] = None,
         shard: Annotated[str | None, Opt(help="with --db: i/N, onboard only shard i of N of the users (a stable "
                                               "hash of the id), or 'auto' under torchrun (RANK/WORLD_SIZE)")] = None,
+        threads: Annotated[int, Opt(help=THREADS_HELP)] = 0,
+        dtype: Annotated[str | None, Opt(help=DTYPE_HELP + " (default: the run's dtype setting)")] = None,
     ) -> None:
         """Fit (or refresh) P_u rows from each user's own history, everything shared frozen.
 
@@ -202,14 +251,18 @@ def register(app: typer.Typer) -> None:
         import logging
         import time
 
+        import torch
         from tqdm.auto import tqdm
 
         from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, live_progress, onboard_user
 
+        _dtype_choice(dtype)
         model = _load_run(run, device, model, allow_other_model)  # --model (a spec) gives way to the loaded run
         cfg = TrainConfig.load(run / TRAIN_CONFIG_NAME) if (run / TRAIN_CONFIG_NAME).exists() else TrainConfig()
         if steps:
             cfg.onboard_steps = steps
+        chosen, _ = _inference_precision(model, dtype or cfg.dtype, device, threads)
+        cfg.dtype = "bf16" if chosen == torch.bfloat16 else "fp32"  # the fitting loop runs under its autocast
         split = _read(questions, None, model.task.name)
         wanted = set(users.split(",")) if users else None
         todo = [q for q in split.questions if wanted is None or q.user_id in wanted]
@@ -240,9 +293,14 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, Opt("--set", help="model or train override key=value (repeatable)")] = None,
         users: Annotated[int, Opt(help="target users (of the sample's 32)")] = 16,
         same_budget: Annotated[bool, Opt(help="also train the non-personalized LoRA for the same steps")] = True,
+        threads: Annotated[int, Opt(help=THREADS_HELP)] = 0,
+        dtype: Annotated[str | None, Opt(help=DTYPE_HELP + " (default: TrainConfig.dtype, auto)")] = None,
     ) -> None:
         """Train and compare TAP-PER vs non-personalized on the built-in sample (the README's first command)."""
         from tapper.demo import run_demo
 
         m, t = split_overrides(parse_overrides(set_))
+        if _dtype_choice(dtype) is not None:
+            t["dtype"] = dtype
+        _set_threads_for_spec(threads, model)
         run_demo(model, out, device, t, users, same_budget, model_overrides=m)

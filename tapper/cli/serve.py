@@ -70,7 +70,12 @@ def serve(
     allow_other_model: Annotated[bool, typer.Option(help="use --model even if its weights differ (same shape)")]
     = False,
     torch_threads: Annotated[int | None, typer.Option(
-        help="torch intra-op threads (default: torch's choice); 1 avoids thread thrash on a busy CPU")] = None,
+        "--threads", "--torch-threads",
+        help="torch CPU threads; 0 = auto: torch's default (one per core), 1 for a model under 10M parameters; "
+             "1 avoids thread thrash on a busy CPU")] = 0,
+    dtype: Annotated[str, typer.Option(
+        help="auto | fp32 | bf16 for the engine: bf16 holds the backbone in bf16 (auto: on a CPU with "
+             "AVX512-BF16/AMX or CUDA, for models of 10M+ parameters)")] = "auto",
     access_log: Annotated[AccessLog, typer.Option(
         help="on: one line per request with the route template (never a user id); off: none")] = AccessLog.on,
     row_format: Annotated[RowFormat, typer.Option(
@@ -85,19 +90,22 @@ def serve(
     if not run.is_dir():
         raise typer.BadParameter(f"{run} is not a directory", param_hint="--run")
     from tapper.engine import TapperEngine
+    from tapper.precision import resolve_dtype, set_threads
     from tapper.serve import ServeConfig, create_app
     from tapper.store import UserStore
 
-    if torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, torch_threads))
+    try:
+        resolve_dtype(dtype)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--dtype") from None
     try:
         config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                              cache_users=cache_users, metrics_key=os.environ.get(METRICS_KEY_ENV) or None)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    engine = TapperEngine.from_pretrained(run, device=device, backbone=model, allow_other_backbone=allow_other_model)
+    engine = TapperEngine.from_pretrained(run, device=device, backbone=model, allow_other_backbone=allow_other_model,
+                                          dtype=dtype)
+    set_threads(torch_threads or 0, engine.model.hf_model)
     store = UserStore(db or _default_db(run), row_format=RowFormat(row_format).value)
     try:
         app = create_app(engine, store, _run_task(engine, run), config)
