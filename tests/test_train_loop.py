@@ -137,3 +137,66 @@ def test_resuming_never_unpickles_a_planted_file(tmp_path):
     straight = _toy(tmp_path / "again", 6)
     for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+# -- length-bucketed batches ------------------------------------------------------------------------
+
+def _lengths(n: int, seed: int = 1) -> list[int]:
+    import random
+
+    rng = random.Random(seed)
+    return [rng.choice([20, 40, 80, 160, 320]) + rng.randrange(10) for _ in range(n)]
+
+
+def test_bucketed_batches_cover_each_epoch_once_and_repeat_under_the_seed():
+    from tapper.train_loop import batch_order, total_steps
+
+    n, lengths = 203, _lengths(203)
+    cfg = LoopConfig(batch_size=8, epochs=2, seed=5, bucket_window=4)
+    steps = total_steps(n, cfg)
+    batches = batch_order(n, steps, cfg, lengths)
+    assert batches == batch_order(n, steps, cfg, lengths)  # a resumed run sees the same batches
+    assert batches != batch_order(n, steps, LoopConfig(**{**cfg.__dict__, "seed": 6}), lengths)
+    per_epoch = steps // 2
+    for epoch in (batches[:per_epoch], batches[per_epoch:]):
+        assert sorted(i for b in epoch for i in b) == list(range(n))  # every example once an epoch
+        assert sum(len(b) < 8 for b in epoch) == 1  # one short batch (203 = 25 x 8 + 3)
+
+
+def test_bucketing_cuts_padding_and_can_be_switched_off():
+    from tapper.train_loop import batch_order, padding_share
+
+    n, lengths = 400, _lengths(400)
+    on = LoopConfig(batch_size=8, seed=0)
+    off = LoopConfig(batch_size=8, seed=0, bucket=False)
+    shuffled = batch_order(n, 50, off, lengths)
+    assert shuffled == batch_order(n, 50, on)  # bucket off, or no lengths: the old order exactly
+    bucketed = batch_order(n, 50, on, lengths)
+    assert padding_share(bucketed, lengths) < 0.5 * padding_share(shuffled, lengths)
+    # the batches' order is shuffled: lengths do not simply rise through the epoch
+    firsts = [lengths[b[0]] for b in bucketed]
+    assert firsts != sorted(firsts)
+
+
+def test_train_forms_batches_from_example_lengths():
+    """train() buckets by example_length (characters of prompt + answer) unless told otherwise."""
+    from tapper.train_loop import example_length
+
+    class Ex:
+        def __init__(self, prompt, answer):
+            self.prompt, self.answer = prompt, answer
+
+    assert example_length(Ex("abc", "de")) == 5 and example_length(Ex("abc", None)) == 3
+    assert example_length(object()) is None
+    weight = nn.Parameter(torch.zeros(1))
+    examples = [Ex("x" * n, "") for n in [1, 100, 2, 101, 3, 102, 4, 103]]
+    seen = []
+
+    def loss_fn(batch):
+        seen.append(sorted(len(e.prompt) for e in batch))
+        return (weight ** 2).sum() + sum(len(e.prompt) for e in batch) * 0.0, len(batch)
+
+    holder = nn.Module()
+    holder.weight = weight
+    train(holder, examples, loss_fn, LoopConfig(lr=0.1, max_steps=2, batch_size=4, show_progress=False))
+    assert sorted(seen) == [[1, 2, 3, 4], [100, 101, 102, 103]]
