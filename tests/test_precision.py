@@ -173,3 +173,24 @@ def test_thread_default(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_engine_serves_and_onboards_in_bf16(tmp_path):
+    """The served path with the backbone held in bf16: P_q reads bf16 embeddings under autocast, a fitted row
+    stays float32, and the answers come back."""
+    from tapper.data.records import ProfileItem
+    from tapper.engine import GenerationRequest, TapperEngine
+    from tapper.train import init_run
+
+    run = init_run(tmp_path / "run", backbone="tiny", task="LaMP_3")
+    engine = TapperEngine.from_pretrained(run, dtype="bf16")
+    assert engine.model.hf_model.get_input_embeddings().weight.dtype == BF16
+    assert engine.model.query_prefix.proj.weight.dtype == torch.float32
+    history = [ProfileItem(id=f"r{i}", fields={"text": f"review {i}", "score": str(1 + i % 5)}, day=float(i),
+                           position=i)
+               for i in range(4)]
+    row = engine.fit_user_row(history, steps=2)
+    assert row.dtype == torch.float32 and torch.isfinite(row).all()
+    out = engine.generate([GenerationRequest("u", "What is the score of this review? review: fine", history, row)],
+                          max_new_tokens=2)
+    assert len(out) == 1 and isinstance(out[0].raw, str)
