@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from tapper.data.records import ProfileItem, Question
 from tapper.distributed import shard_of
 from tapper.engine import TapperEngine
-from tapper.store import NewRecord, RecordConflict, UserStore
+from tapper.store import NewRecord, RecordConflict, StoreError, UserStore
 
 log = logging.getLogger(__name__)
 STALE_JOB_S = 600.0  # an unfinished job this old was left by a killed process: it is failed and replaced
@@ -97,6 +97,10 @@ def onboard_shard(
             version, history = store.load_history(head.uid)
             row = engine.fit_user_row(history, steps=steps)
             store.finish_refresh(job.id, head.uid, row, version)
+        except StoreError as e:  # this user's row (e.g. NaN) or this user (deleted meanwhile): the next user
+            store.update_job(job.id, status="failed", error=str(e))
+            report.failed[user_id] = str(e)
+            continue
         except Exception as e:
             store.update_job(job.id, status="failed", error=f"{type(e).__name__}: {e}")
             raise
