@@ -10,8 +10,8 @@
 
 Why the weights and not autocast alone: autocast keeps its cast cache only for tensors that require grad, so
 a frozen float32 weight is cast to bf16 again in every op of every step. On this project's 2-core Xeon
-(AVX512-BF16 + AMX) a SmolLM2-135M training step was measured 1.7x faster than fp32 under autocast alone and
-more with the frozen weights held in bf16 (bench/speed.py, results/speed_precision.md).
+(AVX512-BF16 + AMX), results/speed_precision.md: a stage-2 training step ran 1.57x fp32 either way, onboarding
+(one row) 1.9x fp32 with the weights in bf16, generation 1.42x.
 
 Threads (`--threads`): 0 means "auto": torch's own default (one thread per core) for real models, but one
 thread for a model of under 10M parameters (the `tiny` test backbone), whose ops are too small to split:
