@@ -9,7 +9,9 @@ from tapper.cli import evaluate as _evaluate
 from tapper.cli import export as _export
 from tapper.cli import model as _model
 from tapper.cli import serve as _serve
+from tapper.cli._errors import TapperGroup
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="TAP-PER personalization for HF causal LMs.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="TAP-PER personalization for HF causal LMs.",
+                  cls=TapperGroup)  # one `error:` line for everyday mistakes; tapper's log lines on stderr
 for _area in (_data, _evaluate, _model, _baselines, _compare, _serve, _export):
     _area.register(app)
