@@ -91,8 +91,11 @@ def run_demo(model: str = "default", out_dir: str | Path = "runs/demo", device: 
     console.print(f"wall time {total:.0f} s (stage 1 {stage1_seconds:.0f} s, shared by the trained methods)")
     summary = {
         "backbone": backbone.name, "wall_seconds": total, "stage1_seconds": stage1_seconds,
+        "train_config": {"dtype": cfg.dtype, "seed": cfg.seed},
+        "golds": golds,
         "methods": [{"name": r.name, "metrics": r.metrics, "per_user_params": r.per_user_params,
-                     "train_seconds": r.train_seconds, "predict_seconds": r.predict_seconds} for r in results],
+                     "train_seconds": r.train_seconds, "predict_seconds": r.predict_seconds,
+                     "predictions": r.predictions} for r in results],
     }
     atomic_write_text(out_dir / "demo_results.json", json.dumps(summary, indent=2) + "\n")
     return results
