@@ -66,7 +66,7 @@ def rewrite_history_inputs(
             if key not in cache:
                 todo[key] = item.text
     keys = list(todo)
-    for start in tqdm(range(0, len(keys), batch_size), desc="rewrite history", leave=False):
+    for start in tqdm(range(0, len(keys), batch_size), desc="rewrite history", leave=False, disable=None):
         chunk = keys[start:start + batch_size]
         prompts = [backbone.format_prompt(REWRITE_INSTRUCTION + todo[k]) for k in chunk]
         for k, text in zip(chunk, generate_batch(backbone.model, backbone.tokenizer, prompts, None, max_new_tokens),

@@ -24,7 +24,8 @@ def predict_examples(
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
     cleaned: dict[str, str] = {}
     raw: dict[str, str] = {}
-    with tqdm(total=len(order), desc=desc, disable=not show_progress, leave=False) as bar:
+    # disable=None: no bar without a terminal, where its carriage returns would pile up in a log file
+    with tqdm(total=len(order), desc=desc, disable=None if show_progress else True, leave=False) as bar:
         for start in range(0, len(order), batch_size):
             batch = [examples[i] for i in order[start:start + batch_size]]
             for ex, text in zip(batch, generate(batch), strict=True):
