@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import logging
 import re
 
 import bm25s
 import numpy as np
 
 from tapper.retrieval.base import register_retriever
+
+# bm25s sets its own logger to DEBUG and logs every index it builds (one per query): with any root handler
+# that floods the output, so only its warnings get through.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
