@@ -56,11 +56,12 @@ def stage1(backbone: Backbone, split: LampSplit, tcfg: TapperConfig, cfg: TrainC
 KEPT_PROMPTS = 3  # prompts kept per method in results: enough to see what the model was shown
 
 
-def shown_prompts(examples) -> dict[str, str]:
-    """The first few prompts, each with the records P_q attended (TAP-PER's prefix is not text)."""
+def shown_prompts(examples, query_prefix: bool = False) -> dict[str, str]:
+    """The first few prompts; with query_prefix, each followed by the records P_q attended (a prefix is not
+    text, so this is what it was computed from)."""
     out = {}
     for e in examples[:KEPT_PROMPTS]:
-        records = "".join(f"\n[record for P_q] {t}" for t in e.context.record_texts)
+        records = "".join(f"\n[record for P_q] {t}" for t in e.context.record_texts) if query_prefix else ""
         out[e.example_id] = e.prompt + records
     return out
 
@@ -76,7 +77,7 @@ def evaluate_model(model: TapperModel, target: LampSplit, name: str = "predict",
     golds = {q.id: target.gold(q.id) for q in target.questions}
     per_user = model.row_size if model.config.use_user_state else 0
     return VariantResult(name, evaluate(model.task, golds, preds), per_user, train_seconds, seconds, preds, raw,
-                         shown_prompts(examples), model)
+                         shown_prompts(examples, model.config.use_query_prefix), model)
 
 
 def run_variant(

@@ -45,6 +45,15 @@ def test_compare_on_the_sample_writes_the_bench_files_and_a_rerun_reuses_kept_re
         assert set(row["metrics"]) == {"mae", "rmse"} and len(row["examples"]) == 5
         assert row["ci95"]["mae"][0] <= row["metrics"]["mae"] <= row["ci95"]["mae"][1]
     assert by_name["TAP-PER"]["prompts"] and "[record for P_q]" in next(iter(by_name["TAP-PER"]["prompts"].values()))
+    # what each method saw survives into the results: every kept prompt holds the start of its own review
+    # (the tiny model's byte tokenizer leaves 25 tokens of content within LaMP-3's budget)
+    from tapper.data.sample import load_sample
+
+    reviews = {q.id: q.input.split("review: ", 1)[1] for q in load_sample()["test"].questions}
+    for name in ("zero-shot backbone", "non-personalized, same budget", "TAP-PER"):
+        kept = by_name[name]["prompts"]
+        assert kept and all(reviews[qid][:20] in prompt for qid, prompt in kept.items()), name
+    assert "[record for P_q]" not in next(iter(by_name["zero-shot backbone"]["prompts"].values()))
     assert by_name["TAP-PER"]["per_user_params"] > 0 == by_name["non-personalized, same budget"]["per_user_params"]
     # onboarding: no fit, then one result per (rate, budget), each named with its rate, on the 2 held-out users
     onboarded = [row["method"] for row in data["onboarding"]]
