@@ -12,7 +12,8 @@
 
 Users. LaMP-7: the dev questions, shuffled with --seed; the first --users are the targets, the next
 --stage1-users the "other users" of stage 1; --val-users K scores instead the K users after those (same stage 1),
-so a setting can be chosen without looking at the targets. The other tasks are built from the raw dumps with each user's
+so a setting can be chosen without looking at the targets (on a built task, the K users outside the targets and
+stage 1 with the longest histories). The other tasks are built from the raw dumps with each user's
 latest item as the query and everything earlier as the profile (the builders' "user" split, pooled);
 targets are --users users with at least --min-profile earlier items, sampled with --seed, and stage 1 uses
 the latest items of every other user (up to --stage1-users).
@@ -96,9 +97,12 @@ def lamp7_users(n: int, n_stage1: int, seed: int, n_val: int = 0
     return _subset(qs[:n], split.golds, "LaMP_7"), stage1_users, _subset(qs[n:], split.golds, "LaMP_7"), info
 
 
-def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int, source: str | None = None
-                ) -> tuple[LampSplit, LampSplit, LampSplit, dict]:
-    """Latest item per user as the query (the builders' user split, its three parts pooled)."""
+def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int, source: str | None = None,
+                n_val: int = 0) -> tuple[LampSplit, LampSplit, LampSplit, dict]:
+    """Latest item per user as the query (the builders' user split, its three parts pooled). With n_val, the
+    targets are instead the n_val users outside both the targets and stage 1 with the longest histories (at
+    least one earlier item): the dumps have no spare users with --min-profile items, so validation users are
+    the nearest thing, new users with short histories, and stage 1 stays exactly the test run's."""
     name, path = SOURCES[task] if source is None else OTHER_SOURCES[source][1:]
     built = BUILDERS[name](path, split="user", seed=seed, min_profile=0)
     questions = [q for part in built.values() for q in part.questions]
@@ -111,7 +115,18 @@ def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int, s
     random.Random(seed + 1).shuffle(others)
     info = {"source": str(path), "builder": name, "users_in_dump": len(questions),
             f"users_with_min_profile_{min_profile}": len(eligible)}
-    return _subset(targets, golds, task), _subset(others[:n_stage1], golds, task), _subset(others, golds, task), info
+    stage1_users = _subset(others[:n_stage1], golds, task)
+    if n_val:
+        spare = sorted((q for q in others[n_stage1:] if q.profile), key=lambda q: -len(q.profile))  # stable
+        if len(spare) < n_val:
+            raise SystemExit(f"--val-users {n_val}: only {len(spare)} users outside the {len(targets)} targets "
+                             f"and {n_stage1} stage-1 users have an earlier item")
+        val = spare[:n_val]
+        info["validation_users"] = (f"{n_val} users outside the targets and stage 1 with the longest histories "
+                                    f"({min(len(q.profile) for q in val)}-{max(len(q.profile) for q in val)} "
+                                    "earlier items)")
+        return _subset(val, golds, task), stage1_users, _subset(others, golds, task), info
+    return _subset(targets, golds, task), stage1_users, _subset(others, golds, task), info
 
 
 def _numbers(text: str | None, kind: type, option: str, ap: argparse.ArgumentParser) -> list | None:
@@ -150,7 +165,8 @@ def main() -> None:
     ap.add_argument("--rewrite-history", action="store_true",
                     help="LaMP-7: stage-2 pairs are (filtered backbone rewrite of a history tweet -> the tweet)")
     ap.add_argument("--val-users", type=int, default=0,
-                    help="LaMP-7: score K validation users (after the stage-1 users) instead of the targets; "
+                    help="score K validation users instead of the targets (LaMP-7: the users after the stage-1 "
+                         "users; built tasks: the users outside targets and stage 1 with the longest histories); "
                          "same stage 1; results go to <runs>/val-<settings> and quality_<task>_val.*")
     ap.add_argument("--onboard-users", type=int, default=10,
                     help="target users held out of stage 2 and onboarded later (at most half the targets)")
@@ -184,11 +200,9 @@ def main() -> None:
 
     if task == "LaMP_7":
         target, others, pool, data_info = lamp7_users(args.users, args.stage1_users, args.seed, args.val_users)
-    elif args.val_users:
-        ap.error("--val-users is only defined for LaMP_7 (the built tasks have no users to spare)")
     else:
         target, others, pool, data_info = built_users(task, args.users, args.stage1_users, args.seed,
-                                                      args.min_profile, args.source)
+                                                      args.min_profile, args.source, args.val_users)
     spec = CompareSpec(
         task=task, target=target, others=others, pool=pool, label=label, data_info=data_info,
         data_settings={"stage1_users": args.stage1_users, "min_profile": args.min_profile}, methods=wanted,

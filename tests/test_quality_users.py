@@ -1,0 +1,35 @@
+"""bench/quality.py's user choice on a built task: targets, stage-1 users and validation users never overlap, so a
+setting chosen on the validation users has not looked at the targets or at stage 1's training data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures_data import AMAZON_DUMP
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from quality import built_users  # noqa: E402  (a bench script: found through bench/ on sys.path)
+
+pytestmark = pytest.mark.skipif(not AMAZON_DUMP.exists(), reason=f"{AMAZON_DUMP} not here")
+
+
+def test_validation_users_are_disjoint_from_targets_and_stage1_and_have_a_history():
+    targets, stage1, _, _ = built_users("LaMP_3", 69, 300, 0, 3)
+    val, stage1_again, _, info = built_users("LaMP_3", 69, 300, 0, 3, n_val=40)
+    users = lambda split: {q.user_id for q in split.questions}  # noqa: E731
+    assert users(stage1_again) == users(stage1)  # the test run's stage 1, unchanged
+    assert len(users(val)) == 40
+    assert not users(val) & users(targets) and not users(val) & users(stage1)
+    assert all(q.profile for q in val.questions)
+    assert set(val.golds) == {q.id for q in val.questions}
+    assert "validation_users" in info
+
+
+def test_asking_for_more_validation_users_than_there_are_names_the_count():
+    with pytest.raises(SystemExit, match="only 52 users"):
+        built_users("LaMP_3", 69, 300, 0, 3, n_val=500)
