@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures_data import AMAZON_DUMP
 
 ROOT = Path(__file__).resolve().parents[1]
