@@ -19,11 +19,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from tapper import distributed
@@ -232,7 +234,7 @@ def history_examples(builder: ExampleBuilder, split: LampSplit, max_pairs: int |
 STAGE1_STAMP = "tapper_stage1.json"  # beside the adapter: what it was trained from
 STAGE1_MODEL_KEYS = ("task_lora_r", "task_lora_alpha", "task_lora_dropout", "lora_targets", "max_answer_tokens")
 STAGE1_TRAIN_KEYS = ("seed", "batch_size", "stage1_lr", "stage1_epochs", "warmup_ratio", "weight_decay",
-                     "max_grad_norm")
+                     "max_grad_norm", "dtype")  # an fp32 run does not reuse a bf16 adapter
 
 
 def stage1_fingerprint(backbone: Backbone, examples: list[Example], tcfg: TapperConfig, cfg: TrainConfig) -> str:
@@ -255,6 +257,17 @@ def train_task_lora(
     `report`, when given, receives what happened (status "reused" or "trained", steps, losses, seconds)."""
     report = {} if report is None else report
     backbone_identity(backbone)  # kept on the model object: the weights before the task LoRA is merged in
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Two processes sharing a work dir (e.g. a comparison split by method) would both train this adapter and
+    # write one checkpoint and log: the second waits here, then finds the first's adapter and reuses it.
+    # Under torchrun the ranks train it together, so they take no lock.
+    with nullcontext() if distributed.active() else FileLock(run_dir / "stage1.lock"):
+        return _train_task_lora(backbone, examples, tcfg, cfg, run_dir, report)
+
+
+def _train_task_lora(backbone: Backbone, examples: list[Example], tcfg: TapperConfig, cfg: TrainConfig,
+                     run_dir: Path, report: dict) -> Backbone:
     adapter_dir = run_dir / TASK_ADAPTER_DIR
     made_from = stage1_fingerprint(backbone, examples, tcfg, cfg)
     report.update(examples=len(examples), adapter=str(adapter_dir))

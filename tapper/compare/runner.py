@@ -18,7 +18,7 @@ from tapper.settings import source_hash
 
 STAGE1_KEYS = ("backbone", "task_lora_r", "task_lora_alpha", "task_lora_dropout", "lora_targets", "max_input_tokens",
                "max_answer_tokens", "seed", "batch_size", "stage1_lr", "stage1_epochs", "stage1_max_examples",
-               "stage1_history_pairs", "warmup_ratio", "weight_decay", "max_grad_norm")
+               "stage1_history_pairs", "warmup_ratio", "weight_decay", "max_grad_norm", "dtype")
 
 # Settings that only the user table, or only a prefix, reads: a method without them keeps its result when
 # they change, so a sweep over user_lr or the prefix does not retrain the peers.
