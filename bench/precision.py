@@ -6,7 +6,8 @@
 1. Padding: the share of padding tokens in one epoch of stage-2 batches (batch 8) of real LaMP-3 and LaMP-7
    history pairs, in the old order (a seeded shuffle) and length-bucketed (tapper.train_loop.batch_order:
    sorted within windows of 50 batches, the batches then shuffled). Lengths are real token counts; the
-   buckets are formed from the examples' character lengths, as training forms them.
+   buckets are formed from them (tapper.train_loop.token_length), as training forms them; the column
+   "bucketed by characters" is the earlier stand-in.
 2. Training tokens/s of stage 2 (TAP-PER: P_u + P_q + bridge LoRA, frozen backbone) through the shared
    loop, every variant on the same examples and seeds, variants taking turns (rotating who goes first) in
    --rounds rounds of --train-steps steps each: real (non-padding) tokens per second. "fp32, before" is
@@ -43,7 +44,7 @@ from tapper.precision import autocast, cast_frozen, cpu_has_bf16, set_threads
 from tapper.prefix import model as prefix_model
 from tapper.prefix.model import TapperModel
 from tapper.train import builder_for, fit_user_row, history_examples, init_run, question_pairs, resolve_configs
-from tapper.train_loop import LoopConfig, batch_order, example_lengths, padding_share, total_steps, train
+from tapper.train_loop import LoopConfig, batch_order, example_lengths, padding_share, token_length, total_steps, train
 
 BF16 = torch.bfloat16
 
@@ -66,14 +67,8 @@ def old_answer_loss(lm, tokenizer, prompts, answers, max_answer_tokens, prefix=N
     return loss, tokens
 
 
-def token_lengths(tokenizer, examples) -> list[int]:
-    """Tokens each training row holds (prompt + answer + eos), as encode_train builds it."""
-    return [len(tokenizer(e.prompt, add_special_tokens=False)["input_ids"])
-            + len(tokenizer(e.answer or "", add_special_tokens=False)["input_ids"]) + 1 for e in examples]
-
-
 def padding_rows(name: str, examples, tokenizer, batch_size: int, seed: int) -> dict:
-    toks = token_lengths(tokenizer, examples)
+    toks = example_lengths(examples, token_length(tokenizer))  # what encode_train builds: prompt + answer + eos
     chars = example_lengths(examples)
     cfg = LoopConfig(batch_size=batch_size, seed=seed, epochs=1.0)
     steps = total_steps(len(examples), cfg)
@@ -81,8 +76,8 @@ def padding_rows(name: str, examples, tokenizer, batch_size: int, seed: int) -> 
     bucketed = batch_order(len(examples), steps, cfg, chars)
     by_tokens = batch_order(len(examples), steps, cfg, toks)
     return {"examples": name, "n": len(examples), "mean_tokens": statistics.mean(toks), "max_tokens": max(toks),
-            "before": padding_share(plain, toks), "after": padding_share(bucketed, toks),
-            "after_token_lengths": padding_share(by_tokens, toks)}
+            "before": padding_share(plain, toks), "after": padding_share(by_tokens, toks),
+            "after_character_lengths": padding_share(bucketed, toks)}
 
 
 def main() -> None:
@@ -129,11 +124,12 @@ def main() -> None:
         print(f"padding {row['examples']}: {row['before']:.1%} -> {row['after']:.1%}", flush=True)
     result.tables.append(Table(
         f"Share of padding tokens in one epoch of batches of {cfg.batch_size} (token lengths; buckets formed from "
-        "character lengths, as training does; last column: buckets formed from token lengths)",
+        "token lengths, as training does; last column: buckets formed from character lengths, the earlier "
+        "stand-in)",
         ["examples", "pairs", "mean tokens", "max tokens", "padding, shuffled (before)", "padding, bucketed (after)",
-         "bucketed by tokens"],
+         "bucketed by characters"],
         [[r["examples"], r["n"], r["mean_tokens"], r["max_tokens"], f"{r['before']:.1%}", f"{r['after']:.1%}",
-          f"{r['after_token_lengths']:.1%}"] for r in pad]))
+          f"{r['after_character_lengths']:.1%}"] for r in pad]))
 
     # -- 2. training tokens/s --------------------------------------------------------------------------
     params = [model.user_state.weight, *model.shared_parameters()]
@@ -170,7 +166,8 @@ def main() -> None:
         fn, dtype, bucket = variants[name]
         loop = LoopConfig(lr=cfg.stage2_lr, max_steps=steps, batch_size=cfg.batch_size, seed=seed, dtype=dtype,
                           bucket=bucket, show_progress=False)
-        return train(model, examples, fn, loop, params=params, param_lrs=lrs, row_sparse=[model.user_state.weight])
+        return train(model, examples, fn, loop, params=params, param_lrs=lrs, row_sparse=[model.user_state.weight],
+                     length=token_length(model.tokenizer, model.config.max_answer_tokens))
 
     for name in names:  # warm-up: first-call costs are not throughput
         train_once(name, 1, 10_000)

@@ -46,7 +46,7 @@ from tapper.prefix.model import (
     note_task_adapter,
     portable_config,
 )
-from tapper.train_loop import LoopConfig, LoopResult, train
+from tapper.train_loop import LoopConfig, LoopResult, token_length, train
 
 log = logging.getLogger(__name__)
 LOSS_LOG_NAME = "train_log.jsonl"
@@ -297,7 +297,8 @@ def _train_task_lora(backbone: Backbone, examples: list[Example], tcfg: TapperCo
     try:
         result = train(peft_model, examples, loss_fn, _loop(cfg, cfg.stage1_lr, cfg.stage1_epochs),
                        checkpoint_dir=run_dir / "checkpoints" / "stage1", desc="stage 1 (task LoRA)", on_step=steps,
-                       parallel=distributed.data_parallel(distributed.answer_weight(tok, tcfg.max_answer_tokens)))
+                       parallel=distributed.data_parallel(distributed.answer_weight(tok, tcfg.max_answer_tokens)),
+                       length=token_length(tok, tcfg.max_answer_tokens))
     finally:
         steps.close()
     report.update(status="trained", **steps.report(result))
@@ -350,7 +351,8 @@ def train_prefixes(model: TapperModel, examples: list[Example], cfg: TrainConfig
     try:
         result = train(model, examples, model.loss, _loop(cfg, cfg.stage2_lr, cfg.stage2_epochs), params=params,
                        param_lrs=lrs, row_sparse=[model.user_state.weight], checkpoint_dir=checkpoints,
-                       desc="stage 2 (prefixes)", on_step=steps, parallel=distributed.data_parallel(weight))
+                       desc="stage 2 (prefixes)", on_step=steps, parallel=distributed.data_parallel(weight),
+                       length=token_length(model.tokenizer, model.config.max_answer_tokens))
     finally:
         steps.close()
     # A finished stage leaves no checkpoint behind: a later run in this directory must start fresh.
@@ -405,7 +407,8 @@ def fit_user_row(
         loop = _loop(cfg, cfg.onboard_lr, max_steps=steps)
         loop.checkpoint_every = 0
         loop.show_progress = False
-        train(holder, examples, loss_fn, loop, row_sparse=[holder.row], desc="onboard", on_step=progress)
+        train(holder, examples, loss_fn, loop, row_sparse=[holder.row], desc="onboard", on_step=progress,
+              length=token_length(model.tokenizer, model.config.max_answer_tokens))
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -143,6 +143,21 @@ def example_length(example) -> int | None:
     return None
 
 
+def token_length(tokenizer, max_answer_tokens: int | None = None) -> Callable[[object], int | None]:
+    """An Example's real token count (prompt + answer, the answer cut as training cuts it), for bucketing.
+    Characters are a poor stand-in where the token/character ratio varies (LaMP-7's tweets: one epoch's
+    batches 11.9% padding bucketed by characters, 1.4% by tokens; results/speed_precision.md)."""
+    def count(example) -> int | None:
+        prompt = getattr(example, "prompt", None)
+        if not isinstance(prompt, str):
+            return example_length(example)
+        answer = len(tokenizer(getattr(example, "answer", None) or "", add_special_tokens=False)["input_ids"])
+        if max_answer_tokens is not None:
+            answer = min(answer, max_answer_tokens)
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + answer + 1
+    return count
+
+
 def example_lengths(examples: Sequence, length: Callable[[object], int | None] | None = None) -> list[int] | None:
     """Every example's length (`length`, default example_length), or None when any is unknown."""
     measure = length or example_length
@@ -276,9 +291,10 @@ def train(
     updates. Every group follows the same warmup and decay.
 
     length: an example's size for length-bucketed batches (cfg.bucket; default: example_length, the
-    characters of an Example's prompt and answer). cfg.dtype "bf16" (or "auto" on hardware with bf16) holds
-    the module's frozen float32 weights in bf16 for the whole run (restored bit for bit afterwards) and runs
-    each loss_fn under autocast; trained parameters, gradients and optimiser states stay float32.
+    characters of an Example's prompt and answer; tapper's trainers pass token_length, the real count).
+    cfg.dtype "bf16" (or "auto" on hardware with bf16) holds the module's frozen float32 weights in bf16 for
+    the whole run (restored bit for bit afterwards) and runs each loss_fn under autocast; trained parameters,
+    gradients and optimiser states stay float32.
 
     parallel (tapper.distributed.data_parallel): run on several processes, each taking its slice of every
     global batch; gradients are summed across them so that every process applies the same update."""

@@ -200,3 +200,24 @@ def test_train_forms_batches_from_example_lengths():
     holder.weight = weight
     train(holder, examples, loss_fn, LoopConfig(lr=0.1, max_steps=2, batch_size=4, show_progress=False))
     assert sorted(seen) == [[1, 2, 3, 4], [100, 101, 102, 103]]
+
+
+def test_token_length_counts_the_tokens_training_sees():
+    """Buckets by the tokenizer's count, not by characters: short words are many tokens in few characters."""
+    from tapper.train_loop import example_length, token_length
+
+    def words(text, add_special_tokens=True):  # a tokenizer whose tokens are words
+        assert add_special_tokens is False  # counted as training encodes: no BOS inside a prompt
+        return {"input_ids": text.split()}
+
+    class Ex:
+        def __init__(self, prompt, answer):
+            self.prompt, self.answer = prompt, answer
+
+    count = token_length(words, max_answer_tokens=3)
+    many_short, few_long = Ex("a b c d e f", "x"), Ex("extraordinarily unbelievable", "y")
+    assert count(many_short) == 6 + 1 + 1 and count(few_long) == 2 + 1 + 1  # prompt + answer + end of answer
+    assert example_length(many_short) < example_length(few_long)  # characters would put them the other way
+    assert count(Ex("hi", "one two three four five six")) == 1 + 3 + 1  # the answer cut as training cuts it
+    assert count(Ex("hi", None)) == 1 + 0 + 1
+    assert count("plain") == example_length("plain")  # not an Example: its own length

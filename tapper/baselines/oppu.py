@@ -51,7 +51,7 @@ from tapper.examples import Example, ExampleBuilder
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_with
 from tapper.lora import add_lora
-from tapper.train_loop import LoopResult, run_fingerprint, total_steps, train
+from tapper.train_loop import LoopResult, run_fingerprint, token_length, total_steps, train
 
 log = logging.getLogger(__name__)
 USERS_DIR = "users"
@@ -167,7 +167,8 @@ class OppuBaseline:
 
         loop = cfg.loop(cfg.lr, cfg.epochs, max_steps)
         loop.show_progress = False
-        result = train(self.model, examples, loss_fn, loop, desc=f"OPPU {user_id}")
+        result = train(self.model, examples, loss_fn, loop, desc=f"OPPU {user_id}",
+                       length=token_length(tok, cfg.max_answer_tokens))
         self.save_user(user_id, stamp)
         self.active = user_id
         return result

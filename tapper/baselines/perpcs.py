@@ -58,7 +58,7 @@ from tapper.examples import Example, ExampleBuilder
 from tapper.experiment import copy_backbone
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_text, atomic_write_with
-from tapper.train_loop import run_fingerprint, train
+from tapper.train_loop import run_fingerprint, token_length, train
 
 log = logging.getLogger(__name__)
 ANCHORS_DIR = "anchors"
@@ -310,7 +310,8 @@ class PerPcsBaseline:
 
         bank.mode, bank.anchor, bank.gates = "gate", index, gates
         try:
-            result = train(gates, examples, loss_fn, loop, desc=f"PER-PCS gates {anchor}")
+            result = train(gates, examples, loss_fn, loop, desc=f"PER-PCS gates {anchor}",
+                           length=token_length(tok, cfg.max_answer_tokens))
         finally:
             bank.mode, bank.gates = "off", None
         log.info("PER-PCS sharer %s: gates trained, %d steps, loss %.3f", anchor, result.steps, result.final_loss)

@@ -142,12 +142,13 @@ class PPlugBaseline:
                            self.soft_token(examples))
 
     def fit(self, target: LampSplit) -> None:
-        from tapper.train_loop import train
+        from tapper.train_loop import token_length, train
 
         examples = history_examples(self.builder, target, self.config.max_history_pairs)
         cfg = self.config
         epochs = cfg.stage2_epochs if cfg.epochs is None else cfg.epochs
-        train(self.plug, examples, self.loss, cfg.loop(cfg.lr, epochs), desc="PPlug")
+        train(self.plug, examples, self.loss, cfg.loop(cfg.lr, epochs), desc="PPlug",
+              length=token_length(self.backbone.tokenizer, cfg.max_answer_tokens))
 
     def question_examples(self, split: LampSplit) -> list[Example]:
         return [self.builder.for_question(q) for q in split.questions]
