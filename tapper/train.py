@@ -79,6 +79,7 @@ class TrainConfig:
     onboard_steps: int = 16
     onboard_lr: float = 3e-3
     checkpoint_every: int = 25
+    length_buckets: bool = True  # batches of similar token length (train_loop.batch_order); false: plain shuffle
     # "auto" | "fp32" | "bf16" (tapper.precision): auto is bf16 on a CPU with AVX512-BF16/AMX or on CUDA; trained
     # weights, optimiser states and saved files stay float32 either way.
     dtype: str = "auto"
@@ -125,7 +126,7 @@ def _loop(cfg: TrainConfig, lr: float, epochs: float = 1.0, max_steps: int | Non
         lr=lr, epochs=epochs, max_steps=max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
         weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, decay="linear",
         max_grad_norm=cfg.max_grad_norm, checkpoint_every=cfg.checkpoint_every,
-        show_progress=cfg.show_progress and live_progress(), dtype=cfg.dtype,
+        show_progress=cfg.show_progress and live_progress(), dtype=cfg.dtype, bucket=cfg.length_buckets,
     )
 
 

@@ -221,3 +221,13 @@ def test_token_length_counts_the_tokens_training_sees():
     assert count(Ex("hi", "one two three four five six")) == 1 + 3 + 1  # the answer cut as training cuts it
     assert count(Ex("hi", None)) == 1 + 0 + 1
     assert count("plain") == example_length("plain")  # not an Example: its own length
+
+
+def test_length_buckets_can_be_switched_off_for_tapper_and_the_peers():
+    """`--set length_buckets=false` gives the plain shuffled order: what the speed comparisons call 'before'."""
+    from tapper.baselines.common import BaselineConfig
+    from tapper.train import TrainConfig, _loop
+
+    assert _loop(TrainConfig(), 1e-3).bucket and not _loop(TrainConfig(length_buckets=False), 1e-3).bucket
+    assert BaselineConfig.for_task("LaMP_3").loop(1e-3).bucket
+    assert not BaselineConfig.for_task("LaMP_3", length_buckets=False).loop(1e-3).bucket

@@ -45,6 +45,7 @@ class BaselineConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 0.3
+    length_buckets: bool = True  # batches of similar token length, as TAP-PER's stages
 
     def answers(self, task: Task) -> tuple[str, ...] | None:
         """The label set to decode within, when constrained (None: free text)."""
@@ -72,10 +73,12 @@ class BaselineConfig:
     def loop(self, lr: float, epochs: float = 1.0, max_steps: int | None = None) -> LoopConfig:
         return LoopConfig(lr=lr, epochs=epochs, max_steps=max_steps, batch_size=self.batch_size, seed=self.seed,
                           weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio, decay="linear",
-                          max_grad_norm=self.max_grad_norm, show_progress=self.show_progress)
+                          max_grad_norm=self.max_grad_norm, show_progress=self.show_progress,
+                          bucket=self.length_buckets)
 
 
-RECIPE_KEYS = ("warmup_ratio", "weight_decay", "max_grad_norm")  # TrainConfig fields the peers' loops share
+# TrainConfig fields the peers' loops share
+RECIPE_KEYS = ("warmup_ratio", "weight_decay", "max_grad_norm", "length_buckets")
 
 
 def save_config(config: BaselineConfig, method: str, directory: Path) -> None:
