@@ -123,3 +123,29 @@ def test_the_baseline_registry_is_apart_from_common():
     assert not any(m and m.startswith("tapper.baselines.") for m in imported), imported
     assert not hasattr(common, "make_baseline")
     assert registry.METHODS == ("rag", "pag", "oppu", "perpcs", "pplug")
+
+
+def test_main_rows_keep_the_paired_differences_that_the_notes_show():
+    """The JSON rows hold each method minus TAP-PER and minus the control with the notes' paired intervals, so
+    a summary can read them without the per-question answers (which the JSON does not keep)."""
+    from tapper.compare.report import CONTROL, compare_notes, main_rows
+    from tapper.experiment import VariantResult
+    from tapper.metrics import evaluate
+
+    golds = {f"q{i}": str(1 + i % 5) for i in range(20)}
+    answers = {"TAP-PER": golds, CONTROL: {q: "3" for q in golds}, "OPPU": {q: "5" for q in golds},
+               "always 5 (floor)": {q: "5" for q in golds}}
+    results = [VariantResult(name, evaluate("LaMP_3", golds, preds), 0, 0.0, 0.0, preds)
+               for name, preds in answers.items()]
+    _, data = main_rows(results, "LaMP_3", ["mae", "rmse"], golds, seed=0)
+    by_name = {r["method"]: r for r in data}
+    assert set(by_name["TAP-PER"]["paired"]) == {CONTROL} and set(by_name[CONTROL]["paired"]) == {"TAP-PER"}
+    oppu = by_name["OPPU"]["paired"]
+    assert oppu["TAP-PER"]["metric"] == "mae"
+    assert oppu["TAP-PER"]["difference"] == pytest.approx(by_name["OPPU"]["metrics"]["mae"])  # TAP-PER's is 0
+    assert oppu[CONTROL]["difference"] == pytest.approx(by_name["OPPU"]["metrics"]["mae"]
+                                                        - by_name[CONTROL]["metrics"]["mae"])
+    # the notes give TAP-PER minus OPPU on the same resamples: the same interval, flipped
+    note = next(n for n in compare_notes(results, "LaMP_3", "mae", False, golds, 0) if "vs OPPU" in n)
+    low, high = oppu["TAP-PER"]["ci95"]
+    assert f"[{-high:+.4f}, {-low:+.4f}]" in note and low > 0

@@ -17,11 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tapper.experiment import VariantResult
+from tapper.experiment import VariantResult, primary_metric
 from tapper.metrics import bootstrap_ci, evaluate
 
 COLD = "TAP-PER, new user without a fit (mean row + P_q)"
 ONBOARDED = "TAP-PER, onboarded"
+CONTROL = "non-personalized, same budget"
+# Every main row's primary metric is compared question by question with these (when they ran): the numbers
+# are kept in the JSON, since the per-question predictions that a paired interval needs are not.
+PAIRED_REFERENCES = ("TAP-PER", CONTROL)
 
 
 def onboarded_name(steps: int, lr: float | None = None) -> str:
@@ -152,12 +156,22 @@ def save_plot(path: Path, draw: Callable[[Any], None]) -> None:
 
 def main_rows(results: list[VariantResult], task: str, metric_names: list[str], golds: dict[str, str],
               seed: int) -> tuple[list[list[Any]], list[dict]]:
-    """(table rows, JSON rows) of every result scored on all the target users, with 95% bootstrap CIs."""
+    """(table rows, JSON rows) of every result scored on all the target users, with 95% bootstrap CIs. A JSON
+    row's "paired" holds, per reference in PAIRED_REFERENCES that ran, this row's primary metric minus the
+    reference's with a paired bootstrap 95% CI (the same resamples as compare_notes, so the numbers agree)."""
+    primary = primary_metric(task)[0]
+    by_name = {r.name: r for r in results}
     rows, data_rows = [], []
     for r in results:
         if is_new_user_result(r.name):
             continue
         ci = bootstrap_ci(task, golds, r.predictions, n=1000, seed=seed)
+        paired = {}
+        for ref in PAIRED_REFERENCES:
+            if ref in by_name and ref != r.name:
+                low, high = paired_difference_ci(task, primary, golds, r.predictions, by_name[ref].predictions, seed)
+                paired[ref] = {"metric": primary, "difference": r.metrics[primary] - by_name[ref].metrics[primary],
+                               "ci95": [low, high]}
         cells = []
         for name in metric_names:
             cells += [r.metrics[name], f"{ci[name][0]:.3f} - {ci[name][1]:.3f}"]
@@ -166,7 +180,7 @@ def main_rows(results: list[VariantResult], task: str, metric_names: list[str], 
                           "train_seconds": r.train_seconds, "predict_seconds": r.predict_seconds,
                           "examples": {i: r.predictions[i] for i in list(r.predictions)[:5]},
                           # what the model saw, after every cut and template (the first few questions)
-                          "prompts": r.prompts})
+                          "prompts": r.prompts, "paired": paired})
     return rows, data_rows
 
 

@@ -1,0 +1,212 @@
+"""One summary of the per-task quality comparisons (results/quality_<label>.json from bench/quality.py).
+
+    .venv/bin/python bench/quality_summary.py                      # every quality_*.json but *_val, *_compare_cli
+    .venv/bin/python bench/quality_summary.py --labels LaMP_2N,LaMP_3 --out /tmp/qs
+
+One row per (task, method): the task's primary metric with its 95% bootstrap CI, and the difference against
+the same-budget control and against TAP-PER (this method minus the reference, paired 95% CI). Paired
+intervals need each method's per-question answers, which the JSON does not keep (only five examples), so
+they are read from the rows' "paired" entries (tapper.compare.report writes them); for results written
+before that, from the "TAP-PER vs ..." notes of the task's own .md, only where the note's two values match
+the JSON's. Those notes give every method against TAP-PER but, against the control, TAP-PER alone; a missing
+interval is shown as "-", never replaced by one from the unpaired CIs. Writes results/quality_summary.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, Result, Table
+
+from tapper.compare.report import CONTROL
+from tapper.experiment import primary_metric
+
+TAPPER = "TAP-PER"
+SKIPPED_SUFFIXES = ("_val", "_compare_cli")
+
+
+class SummaryError(Exception):
+    """A results file that is missing or not in bench/quality.py's shape; the message names the file."""
+
+
+def default_labels(results: Path) -> list[str]:
+    labels = sorted(p.stem.removeprefix("quality_") for p in results.glob("quality_*.json"))
+    return [x for x in labels if x != "summary" and not x.endswith(SKIPPED_SUFFIXES)]
+
+
+def load_task(path: Path) -> dict[str, Any]:
+    """A quality JSON, checked for what the summary reads."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SummaryError(f"{path}: no such results file (run bench/quality.py for it first)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SummaryError(f"{path}: not a readable JSON file ({err})") from None
+    try:
+        metric = primary_metric(data["task"])[0]
+        if not data["results"]:
+            raise ValueError("'results': empty")
+        for row in data["results"]:
+            if not isinstance(row["method"], str) or len(row["ci95"][metric]) != 2:
+                raise ValueError(f"row {row['method']!r}")
+            [float(x) for x in (row["metrics"][metric], *row["ci95"][metric])]
+    except (KeyError, TypeError, ValueError) as err:
+        raise SummaryError(f"{path}: not a bench/quality.py result (missing or bad {err})") from None
+    return data
+
+
+NOTE = re.compile(r"^- TAP-PER vs (?P<name>.+?): (?P<metric>\S+) (?P<tap>-?[\d.]+) vs (?P<other>-?[\d.]+), "
+                  r"difference [+-][\d.]+ \[(?P<low>[+-][\d.]+), (?P<high>[+-][\d.]+)\]:")
+
+
+def paired_from_notes(md: Path, data: dict[str, Any]) -> dict[str, list[float]]:
+    """{method: paired 95% CI of TAP-PER minus it} from the report's notes. A note counts only if its two
+    values are the JSON's (to the 4 decimals shown), so an .md left from another run is not mixed in."""
+    if not md.is_file():
+        return {}
+    metric = primary_metric(data["task"])[0]
+    values = {r["method"]: r["metrics"][metric] for r in data["results"]}
+    found = {}
+    for line in md.read_text().splitlines():
+        m = NOTE.match(line)
+        if not m or m["metric"] != metric or m["name"] not in values or TAPPER not in values:
+            continue
+        if abs(float(m["tap"]) - values[TAPPER]) < 6e-5 and abs(float(m["other"]) - values[m["name"]]) < 6e-5:
+            found[m["name"]] = [float(m["low"]), float(m["high"])]
+    return found
+
+
+def task_rows(data: dict[str, Any], md: Path) -> tuple[list[dict[str, Any]], str]:
+    """(one summary row per method, where the paired CIs came from)."""
+    metric = primary_metric(data["task"])[0]
+    values = {r["method"]: r["metrics"][metric] for r in data["results"]}
+    kept = any("paired" in r for r in data["results"])
+    notes = {} if kept else paired_from_notes(md, data)
+    rows = []
+    for r in data["results"]:
+        row = {"method": r["method"], "metric": metric, "value": values[r["method"]], "ci95": r["ci95"][metric]}
+        for key, ref in (("vs_control", CONTROL), ("vs_tapper", TAPPER)):
+            if ref not in values or ref == r["method"]:
+                row[key] = None
+                continue
+            ci = None
+            if kept:
+                ci = (r.get("paired", {}).get(ref) or {}).get("ci95")
+            elif ref == TAPPER and r["method"] in notes:  # the note is TAP-PER minus this method: flip it
+                ci = [0.0 - notes[r["method"]][1], 0.0 - notes[r["method"]][0]]  # 0.0 -: no "-0.0000"
+            elif r["method"] == TAPPER and ref in notes:
+                ci = notes[ref]
+            row[key] = {"difference": values[r["method"]] - values[ref], "ci95": ci}
+        rows.append(row)
+    source = "json" if kept else f"{md.name} notes" if notes else "none"
+    return rows, source
+
+
+def _diff_cells(d: dict[str, Any] | None) -> list[str]:
+    if d is None:
+        return ["-", "-"]
+    ci = d["ci95"]
+    return [f"{d['difference']:+.4f}", "-" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"]
+
+
+def task_table(label: str, data: dict[str, Any], rows: list[dict[str, Any]]) -> Table:
+    metric, higher = primary_metric(data["task"])
+    task = label if label == data["task"] else f"{label} ({data['task']})"
+    title = (f"{task}: {data.get('target_users')} users, backbone {data.get('backbone')}, "
+             f"commit {data.get('commit')}, finished {data.get('finished_utc')} UTC; {metric}, "
+             f"{'higher' if higher else 'lower'} is better. Command: `{data.get('command')}`")
+    cells = [[r["method"], r["value"], f"{r['ci95'][0]:.3f} - {r['ci95'][1]:.3f}",
+              *_diff_cells(r["vs_control"]), *_diff_cells(r["vs_tapper"])] for r in rows]
+    return Table(title, ["method", metric, "95% CI", "- control", "paired 95% CI", "- TAP-PER", "paired 95% CI"],
+                 cells)
+
+
+def plot_tasks(tasks: list[dict[str, Any]]):
+    """One panel per task: each method's primary metric with its 95% CI; TAP-PER green and bold, the control
+    orange, floors grey with a dashed line at their value (what a method has to beat)."""
+    def draw(fig) -> None:
+        cols = min(len(tasks), 3)
+        nrows = -(-len(tasks) // cols)
+        most = max(len(t["rows"]) for t in tasks)
+        fig.set_size_inches(5.5 * cols, (0.28 * most + 1.6) * nrows)
+        for i, t in enumerate(tasks):
+            ax = fig.add_subplot(nrows, cols, i + 1)
+            rows = t["rows"][::-1]  # first method on top
+            for y, r in enumerate(rows):
+                name = r["method"]
+                color = "#2a7" if name.startswith(TAPPER) else "#999" if "floor" in name else \
+                    "#e80" if name == CONTROL else "#68c"
+                low, high = r["ci95"]
+                ax.errorbar(r["value"], y, xerr=[[r["value"] - low], [high - r["value"]]], fmt="o", color=color,
+                            ms=8 if name == TAPPER else 5, capsize=3)
+                if "floor" in name:
+                    ax.axvline(r["value"], color="#999", ls="--", lw=1)
+                if name == TAPPER:
+                    ax.axvspan(low, high, color="#2a7", alpha=0.08)
+            ax.set_yticks(range(len(rows)), [r["method"] for r in rows], fontsize=7)
+            for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
+                if r["method"] == TAPPER:
+                    tick.set_fontweight("bold")
+            ax.set_title(f"{t['label']} ({t['target_users']} users)", fontsize=9)
+            ax.set_xlabel(f"{t['metric']} ({'higher' if t['higher_better'] else 'lower'} is better), "
+                          "95% CI; dashed: floors", fontsize=8)
+    return draw
+
+
+def summarize(labels: list[str], results: Path) -> Result:
+    if not labels:
+        raise SummaryError(f"{results}: no quality_*.json results to summarize")
+    tasks, tables = [], []
+    for label in labels:
+        path = results / f"quality_{label}.json"
+        data = load_task(path)
+        rows, source = task_rows(data, path.with_suffix(".md"))
+        metric, higher = primary_metric(data["task"])
+        tasks.append({"label": label, "file": path.name, "task": data["task"], "metric": metric,
+                      "higher_better": higher, "target_users": data.get("target_users"),
+                      "backbone": data.get("backbone"), "commit": data.get("commit"), "command": data.get("command"),
+                      "finished_utc": data.get("finished_utc"), "tapper_source": data.get("tapper_source"),
+                      "paired_source": source, "rows": rows})
+        tables.append(task_table(label, data, rows))
+    commits = {t["label"]: t["commit"] for t in tasks}
+    notes = ["Differences are this method minus the reference on the task's primary metric; a negative MAE "
+             "difference is an improvement. Paired CIs resample the same questions for both methods."]
+    if len(set(commits.values())) == 1:
+        notes.append(f"Every task's result comes from commit {next(iter(commits.values()))}.")
+    else:
+        notes.append("The tasks come from different commits: " + ", ".join(f"{k} {v}" for k, v in commits.items())
+                     + ".")
+    for t in tasks:
+        if t["paired_source"] == "none":
+            notes.append(f"{t['label']}: no paired CIs stored in {t['file']} or its .md notes.")
+        elif t["paired_source"] != "json":
+            notes.append(f"{t['label']}: paired CIs read from {t['paired_source']} ({t['file']} predates the "
+                         "JSON's paired entries), which compare TAP-PER with each method but the floors; against the "
+                         "control they exist for TAP-PER only.")
+    return Result("quality_summary", "Quality on every task: primary metric, 95% CIs, differences vs the "
+                  "control and TAP-PER", {"labels": labels, "commits": commits, "tasks": tasks}, tables, notes,
+                  plot=plot_tasks(tasks))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--labels", default=None, help="comma-separated, e.g. LaMP_2N,LaMP_3 (default: every "
+                    "quality_*.json in --results but *_val and *_compare_cli)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where the quality_<label>.json files are")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else \
+        default_labels(args.results)
+    try:
+        result = summarize(labels, args.results)
+    except SummaryError as err:
+        raise SystemExit(f"error: {err}") from None
+    result.write_and_print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""bench/quality_summary.py on two small quality results in bench/quality.py's shape: one with the paired CIs
+kept in the JSON, one older one whose paired CIs are only in its .md notes (one of them stale)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import quality_summary  # noqa: E402  (a bench script: found through bench/ on sys.path)
+from quality_summary import SummaryError, default_labels, summarize  # noqa: E402
+
+CONTROL = "non-personalized, same budget"
+
+
+def row(method: str, metric: str, value: float, ci: list[float], paired: dict | None = None) -> dict:
+    """One results row as tapper.compare.report.main_rows writes it."""
+    other = {"accuracy": "f1", "mae": "rmse"}[metric]
+    out = {"method": method, "metrics": {metric: value, other: value / 2}, "ci95": {metric: ci, other: ci},
+           "per_user_params": 0, "train_seconds": 1.0, "predict_seconds": 0.5, "examples": {"q1": "x"},
+           "prompts": {"q1": "prompt"}}
+    if paired is not None:
+        out["paired"] = paired
+    return out
+
+
+def quality_json(task: str, commit: str, users: int, results: list[dict]) -> dict:
+    return {"benchmark": f"quality_{task}", "title": f"Quality on {task}", "command": f"bench/quality.py --task {task}",
+            "commit": commit, "tapper_source": "abc", "machine": {"cpus": 2}, "finished_utc": "2026-12-01 00:00:00",
+            "wall_seconds": 1.0, "task": task, "seed": 0, "backbone": "SmolLM2-135M-Instruct", "target_users": users,
+            "stage1_users": 300, "data": {}, "model_config": {}, "train_config": {}, "results": results,
+            "runs": "runs/x"}
+
+
+def paired(diff: float, low: float, high: float, metric: str = "accuracy") -> dict:
+    return {"metric": metric, "difference": diff, "ci95": [low, high]}
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    res = tmp_path / "results"
+    res.mkdir()
+    # LaMP_2N: written with the paired entries; its .md notes disagree and must be ignored
+    lamp2n = [
+        row("user's most frequent past category (floor)", "accuracy", 0.78, [0.70, 0.86],
+            {"TAP-PER": paired(-0.06, -0.11, -0.02), CONTROL: paired(0.01, -0.04, 0.06)}),
+        row(CONTROL, "accuracy", 0.77, [0.69, 0.85], {"TAP-PER": paired(-0.07, -0.125, -0.031)}),
+        row("TAP-PER", "accuracy", 0.84, [0.77, 0.92], {CONTROL: paired(0.07, 0.031, 0.125)}),
+        row("PPlug", "accuracy", 0.81, [0.73, 0.89],
+            {"TAP-PER": paired(-0.03, -0.09, 0.02), CONTROL: paired(0.04, -0.02, 0.1)}),
+    ]
+    (res / "quality_LaMP_2N.json").write_text(json.dumps(quality_json("LaMP_2N", "aaa1111", 96, lamp2n)))
+    (res / "quality_LaMP_2N.md").write_text("- TAP-PER vs PPlug: accuracy 0.8400 vs 0.8100, difference +0.0300 "
+                                            "[+0.5000, +0.6000]: better.\n")
+    # LaMP_3: an older result without them; the PPlug note is from another run (0.9999 is not its value)
+    lamp3 = [row("always 5 (floor)", "mae", 0.52, [0.35, 0.70]), row(CONTROL, "mae", 0.54, [0.38, 0.70]),
+             row("TAP-PER", "mae", 0.43, [0.29, 0.59]), row("OPPU", "mae", 0.64, [0.45, 0.83]),
+             row("PPlug", "mae", 0.52, [0.35, 0.70])]
+    (res / "quality_LaMP_3.json").write_text(json.dumps(quality_json("LaMP_3", "bbb2222", 69, lamp3)))
+    (res / "quality_LaMP_3.md").write_text("\n".join([
+        "# Quality on LaMP_3", "", "Notes:", "",
+        "- TAP-PER vs non-personalized, same budget: mae 0.4300 vs 0.5400, difference -0.1100 [-0.2200, +0.0100]: "
+        "better (within noise: the 95% CI of the difference spans 0).",
+        "- TAP-PER vs OPPU: mae 0.4300 vs 0.6400, difference -0.2100 [-0.4200, +0.0000]: better (within noise).",
+        "- TAP-PER vs PPlug: mae 0.4300 vs 0.9999, difference -0.5699 [-0.7000, -0.4000]: better.", ""]))
+    # neither is summarized by default
+    (res / "quality_LaMP_3_val.json").write_text("{}")
+    (res / "quality_LaMP_4_compare_cli.json").write_text("{}")
+    return res
+
+
+def md_rows(md: str) -> dict[tuple[str, str], list[str]]:
+    """{(task label, method): the row's cells after the method} from the summary's Markdown tables."""
+    rows, label = {}, None
+    for line in md.splitlines():
+        if line.startswith("### "):
+            label = line[4:].split(":")[0]
+        elif line.startswith("| ") and not line.startswith(("| method", "| ---")):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[(label, cells[0])] = cells[1:]
+    return rows
+
+
+def test_summary_rows_hold_each_task_metric_ci_and_paired_differences(results_dir: Path, tmp_path: Path):
+    assert default_labels(results_dir) == ["LaMP_2N", "LaMP_3"]
+    out = tmp_path / "out"
+    quality_summary.main(["--results", str(results_dir), "--out", str(out)])
+    md = (out / "quality_summary.md").read_text()
+    rows = md_rows(md)
+    # columns: metric, 95% CI, - control, its paired CI, - TAP-PER, its paired CI
+    assert rows[("LaMP_2N", "TAP-PER")] == ["0.84", "0.770 - 0.920", "+0.0700", "[+0.0310, +0.1250]", "-", "-"]
+    assert rows[("LaMP_2N", "PPlug")] == ["0.81", "0.730 - 0.890", "+0.0400", "[-0.0200, +0.1000]", "-0.0300",
+                                          "[-0.0900, +0.0200]"]  # the JSON's, not the .md's
+    assert rows[("LaMP_2N", CONTROL)][2:] == ["-", "-", "-0.0700", "[-0.1250, -0.0310]"]
+    # LaMP_3 from the notes: TAP-PER minus each method, flipped to each method minus TAP-PER
+    assert rows[("LaMP_3", "TAP-PER")] == ["0.43", "0.290 - 0.590", "-0.1100", "[-0.2200, +0.0100]", "-", "-"]
+    assert rows[("LaMP_3", "OPPU")] == ["0.64", "0.450 - 0.830", "+0.1000", "-", "+0.2100", "[+0.0000, +0.4200]"]
+    assert rows[("LaMP_3", CONTROL)][4:] == ["+0.1100", "[-0.0100, +0.2200]"]
+    assert rows[("LaMP_3", "PPlug")][4:] == ["+0.0900", "-"]  # the stale note is not used
+    assert rows[("LaMP_3", "always 5 (floor)")][2:] == ["-0.0200", "-", "+0.0900", "-"]
+    # each task's header names where its numbers came from; the differing commits are listed
+    assert ("### LaMP_2N: 96 users, backbone SmolLM2-135M-Instruct, commit aaa1111" in md
+            and "Command: `bench/quality.py --task LaMP_2N`" in md)
+    assert "### LaMP_3: 69 users" in md and "mae, lower is better" in md
+    assert "different commits: LaMP_2N aaa1111, LaMP_3 bbb2222" in md
+    assert (out / "quality_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "quality_summary.json").read_text())
+    assert [t["paired_source"] for t in data["tasks"]] == ["json", "quality_LaMP_3.md notes"]
+    assert data["tasks"][1]["higher_better"] is False and data["commits"] == {"LaMP_2N": "aaa1111",
+                                                                              "LaMP_3": "bbb2222"}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a readable JSON file"),
+    (json.dumps({"task": "LaMP_3", "results": [{"method": "TAP-PER", "metrics": {"rmse": 1.0}, "ci95": {}}]}),
+     "'mae'"),
+    (json.dumps({"task": "LaMP_3", "results": []}), "'results': empty"),
+])
+def test_a_malformed_results_file_is_named_in_the_error(results_dir: Path, tmp_path: Path, content: str,
+                                                        message: str):
+    bad = results_dir / "quality_LaMP_7.json"
+    bad.write_text(content)
+    with pytest.raises(SummaryError, match=message) as err:
+        summarize(["LaMP_2N", "LaMP_7"], results_dir)
+    assert str(bad) in str(err.value)
+    with pytest.raises(SystemExit, match="quality_LaMP_7.json"):
+        quality_summary.main(["--labels", "LaMP_7", "--results", str(results_dir), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_results_file_is_named_in_the_error(results_dir: Path):
+    with pytest.raises(SummaryError, match="quality_LaMP_5R.json: no such results file"):
+        summarize(["LaMP_5R"], results_dir)
