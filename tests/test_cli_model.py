@@ -47,6 +47,16 @@ def test_train_predict_onboard_eval(tmp_path):
     after = TapperModel.from_pretrained(run).user_state
     assert len(after) == len(before) + 1
     assert (after.weight[: len(before)] == before.weight).all()  # existing rows untouched
+    res = runner.invoke(app, ["onboard", "--run", str(run), "--questions", str(SAMPLE / "test_questions.json"),
+                              "--users", newcomer, "--steps", "2", "--lr", "-0.1"])
+    assert res.exit_code != 0 and "--lr -0.1" in res.output
+    res = runner.invoke(app, ["onboard", "--run", str(run), "--questions", str(SAMPLE / "test_questions.json"),
+                              "--users", newcomer, "--steps", "2", "--lr", "0.5"])  # a refresh at another rate
+    assert res.exit_code == 0, res.output
+    refreshed = TapperModel.from_pretrained(run).user_state
+    assert len(refreshed) == len(after)
+    first_move = (after.weight[-1] - before.mean_row()).norm()  # the fit at the run's own rate (3e-3)
+    assert (refreshed.weight[-1] - after.weight[-1]).norm() > 10 * first_move  # 0.5 moves it much further
 
     res = runner.invoke(app, ["eval", "--golds", str(SAMPLE / "test_outputs.json"), "--preds", str(preds)])
     assert res.exit_code == 0, res.output

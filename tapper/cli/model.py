@@ -231,8 +231,10 @@ def register(app: typer.Typer) -> None:
         users: Annotated[str | None, Opt(help="comma-separated user ids (default: all in the file)")] = None,
         device: Annotated[str, Opt(help=DEVICE_HELP)] = "cpu",
         steps: Annotated[int | None, Opt(
-            help="optimisation steps per user (default: the run's onboard_steps, 16 unless trained otherwise)")]
+            help="optimisation steps per user (default: the run's onboard_steps, from its task config)")]
         = None,
+        lr: Annotated[float | None, Opt(help="learning rate of the row fit (default: the run's onboard_lr, from "
+                                             "its task config)")] = None,
         model: Annotated[str | None, Opt(help=RUN_MODEL_HELP)] = None,
         allow_other_model: Annotated[bool, Opt(help=ALLOW_OTHER_HELP)] = False,
         db: Annotated[str | None, Opt(help="write the rows (and the users' records) to this service store, "
@@ -261,6 +263,10 @@ def register(app: typer.Typer) -> None:
         cfg = TrainConfig.load(run / TRAIN_CONFIG_NAME) if (run / TRAIN_CONFIG_NAME).exists() else TrainConfig()
         if steps:
             cfg.onboard_steps = steps
+        if lr is not None:
+            if lr <= 0:
+                _fail(f"--lr {lr}: a learning rate must be positive")
+            cfg.onboard_lr = lr
         chosen, _ = _inference_precision(model, dtype or cfg.dtype, device, threads)
         cfg.dtype = "bf16" if chosen == torch.bfloat16 else "fp32"  # the fitting loop runs under its autocast
         split = _read(questions, None, model.task.name)
