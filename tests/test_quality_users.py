@@ -32,3 +32,29 @@ def test_validation_users_are_disjoint_from_targets_and_stage1_and_have_a_histor
 def test_asking_for_more_validation_users_than_there_are_names_the_count():
     with pytest.raises(SystemExit, match="only 52 users"):
         built_users("LaMP_3", 69, 300, 0, 3, n_val=500)
+
+
+def test_precision_parity_compares_two_quality_work_dirs_on_the_same_users(tmp_path: Path, monkeypatch):
+    import json
+
+    import precision_parity
+
+    targets = built_users("LaMP_3", 69, 300, 0, 3)[0]
+    ids = [q.id for q in targets.questions]
+    for name, answers in (("fp32", {i: "5" for i in ids}), ("bf16", {i: ("4" if n < 10 else "5")
+                                                                      for n, i in enumerate(ids)})):
+        (tmp_path / name).mkdir()
+        result = {"name": "TAP-PER", "metrics": {"mae": 0.0}, "train_seconds": 10.0, "predict_seconds": 1.0,
+                  "predictions": answers}
+        result["metrics"]["mae"] = sum(abs(float(answers[i]) - float(targets.golds[i])) for i in ids) / len(ids)
+        (tmp_path / name / "result_tapper.json").write_text(json.dumps(result))
+    (tmp_path / "bf16" / "result_other.json").write_text(json.dumps({**result, "name": "only in one run"}))
+    monkeypatch.setattr(sys, "argv", ["precision_parity.py", "--task", "LaMP_3", "--users", "69", "--fp32",
+                                      str(tmp_path / "fp32"), "--bf16", str(tmp_path / "bf16"), "--out",
+                                      str(tmp_path / "out")])
+    precision_parity.main()
+    data = json.loads((tmp_path / "out" / "precision_parity_LaMP_3.json").read_text())
+    (row,) = data["methods"]  # only the method both runs scored
+    assert row["method"] == "TAP-PER" and row["same_answers"] == 59
+    assert row["difference"] == row["mae_bf16"] - row["mae_fp32"]
+    assert data["wall_seconds_fp32"] == data["wall_seconds_bf16"] == 11.0
