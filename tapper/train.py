@@ -75,7 +75,9 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW's, on the shared weights (never on user rows)
     max_grad_norm: float = 0.3
     # Onboarding fits one row with the row optimizer of stage 2, at the rows' own rate, for about as many
-    # updates as a row gets in stage 2 (stage2_epochs x its pairs in one batch each).
+    # updates as a row gets in stage 2 (stage2_epochs x its pairs in one batch each). Per-task values chosen on
+    # validation users live in tapper/configs (LaMP-7: 0 steps, no fit: the mean row + P_q did best; LaMP-3: 16
+    # steps at 1e-2, by one answer of 20; results/README.md section 2b). 0 serves a new user at once.
     onboard_steps: int = 16
     onboard_lr: float = 3e-3
     checkpoint_every: int = 25
