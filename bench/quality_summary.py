@@ -26,6 +26,7 @@ from tapper.compare.report import CONTROL
 from tapper.experiment import primary_metric
 
 TAPPER = "TAP-PER"
+ZERO_SHOT = "zero-shot backbone"
 SKIPPED_SUFFIXES = ("_val", "_compare_cli")
 
 
@@ -147,6 +148,19 @@ def plot_tasks(tasks: list[dict[str, Any]]):
                     ax.axvline(r["value"], color="#999", ls="--", lw=1)
                 if name == TAPPER:
                     ax.axvspan(low, high, color="#2a7", alpha=0.08)
+            # The zero-shot backbone can sit far from everything else (LaMP-3: MAE 3.7 against 0.4-0.6), which
+            # would squeeze every other interval into a few pixels: keep the axis on the rest, mark it at the edge.
+            rest = [r["ci95"] for r in rows if r["method"] != ZERO_SHOT]
+            lo, hi = (min(c[0] for c in rest), max(c[1] for c in rest)) if rest else (0.0, 0.0)
+            pad = 0.08 * ((hi - lo) or 1.0)
+            far = [(y, r) for y, r in enumerate(rows) if rest and r["method"] == ZERO_SHOT
+                   and not lo - 3 * (hi - lo) <= r["value"] <= hi + 3 * (hi - lo)]
+            if far:
+                ax.set_xlim(lo - pad, hi + pad)
+                for y, r in far:
+                    right = r["value"] > hi
+                    ax.annotate(f"{r['value']:.3g} {'>' if right else '<'}", (hi + pad if right else lo - pad, y),
+                                ha="right" if right else "left", va="center", fontsize=7, color="#68c")
             ax.set_yticks(range(len(rows)), [r["method"] for r in rows], fontsize=7)
             for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
                 if r["method"] == TAPPER:
