@@ -30,6 +30,11 @@ class TrainBatch:
     tokens: int  # every real (non-pad) token: what throughput is measured in
 
 
+def answer_token_count(tokenizer, answer: str | None, max_answer_tokens: int | None) -> int:
+    """The tokens encode_train gives an answer: cut to max_answer_tokens (None: whole), plus its eos."""
+    return len(tokenizer(answer or "", add_special_tokens=False)["input_ids"][:max_answer_tokens]) + 1
+
+
 def encode_train(tokenizer, prompts: list[str], answers: list[str], max_answer_tokens: int) -> TrainBatch:
     rows: list[tuple[list[int], list[int]]] = []
     for prompt, answer in zip(prompts, answers, strict=True):

@@ -48,6 +48,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from tapper.batching import answer_token_count
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -142,8 +144,7 @@ def answer_weight(tokenizer, max_answer_tokens: int) -> Callable[[Sequence], int
     """batch of Examples -> the answer tokens their loss averages over, as tapper.batching.encode_train counts
     them: each answer cut to max_answer_tokens, plus its eos."""
     def weight(batch: Sequence) -> int:
-        return sum(len(tokenizer(e.answer or "", add_special_tokens=False)["input_ids"][:max_answer_tokens]) + 1
-                   for e in batch)
+        return sum(answer_token_count(tokenizer, e.answer, max_answer_tokens) for e in batch)
 
     return weight
 

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from tapper.batching import answer_token_count
 from tapper.io_utils import atomic_write_text, atomic_write_with
 from tapper.precision import autocast, default_dtype, frozen_weights_in, resolve_dtype
 from tapper.row_adam import RowAdam
@@ -151,10 +152,8 @@ def token_length(tokenizer, max_answer_tokens: int | None = None) -> Callable[[o
         prompt = getattr(example, "prompt", None)
         if not isinstance(prompt, str):
             return example_length(example)
-        answer = len(tokenizer(getattr(example, "answer", None) or "", add_special_tokens=False)["input_ids"])
-        if max_answer_tokens is not None:
-            answer = min(answer, max_answer_tokens)
-        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + answer + 1
+        return (len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+                + answer_token_count(tokenizer, getattr(example, "answer", None), max_answer_tokens))
     return count
 
 
