@@ -81,7 +81,10 @@ class Backbone:
     def format_prompt(self, user_text: str) -> str:
         """The text the model sees for one user turn, ending where the answer starts."""
         if not getattr(self.tokenizer, "chat_template", None):
-            return user_text + "\n"
+            # tapper tokenizes with add_special_tokens=False (templates carry their own specials), so a
+            # template-less model that expects BOS (base Gemma 3: without it, it repeats "The The The")
+            # gets it in the text, where the tokenizer reads it back as the special token
+            return (self.tokenizer.bos_token if adds_bos(self.tokenizer) else "") + user_text + "\n"
         user = [{"role": "user", "content": user_text}]
         if self.system_prompt is not None:
             from jinja2 import TemplateError
@@ -94,6 +97,17 @@ class Backbone:
 
     def _apply_template(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer's own default encoding starts with its BOS token (Gemma, Llama do; SmolLM2 and
+    GPT-2 style tokenizers do not). Read from what it does, since a GGUF-converted tokenizer adds BOS while
+    its `add_bos_token` attribute says False."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("x")["input_ids"]
+    return bool(ids) and ids[0] == bos
 
 
 def load_backbone(

@@ -60,6 +60,24 @@ def test_format_prompt_without_template_or_without_system_role(tiny_backbone):
     assert Backbone(tiny_backbone.model, strict, "strict").format_prompt("hi") == "<user>hi\n<assistant>"
 
 
+def test_template_less_prompt_starts_with_bos_when_the_tokenizer_adds_one(tiny_backbone):
+    from tokenizers import processors
+
+    plain = backbone_lib.tiny_byte_tokenizer()
+    plain.chat_template = None
+    assert not backbone_lib.adds_bos(plain)
+    gemma_like = backbone_lib.tiny_byte_tokenizer()
+    gemma_like.chat_template = None
+    bos = gemma_like.bos_token
+    gemma_like.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, gemma_like.bos_token_id)])
+    assert backbone_lib.adds_bos(gemma_like)
+    prompt = Backbone(tiny_backbone.model, gemma_like, "gemma-like").format_prompt("hi")
+    assert prompt == f"{bos}hi\n"
+    ids = gemma_like(prompt, add_special_tokens=False)["input_ids"]  # how tapper tokenizes every prompt
+    assert ids[0] == gemma_like.bos_token_id and ids.count(gemma_like.bos_token_id) == 1
+
+
 def test_tiny_backbone_generates_greedily_and_reproducibly(tiny_backbone):
     batch = tiny_backbone.tokenizer(tiny_backbone.format_prompt("hello"), return_tensors="pt")
 
