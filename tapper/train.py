@@ -18,7 +18,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
@@ -31,7 +31,7 @@ from torch import nn
 from tapper import distributed
 from tapper.backbone import Backbone, backbone_identity, load_backbone
 from tapper.batching import answer_loss
-from tapper.data.records import LampSplit, ProfileItem
+from tapper.data.records import LampSplit, Question
 from tapper.data.tasks import get_task
 from tapper.examples import Example, ExampleBuilder
 from tapper.io_utils import atomic_replace_dir, atomic_write_text
@@ -418,17 +418,27 @@ def fit_user_row(
     return holder.row.detach().clone()
 
 
-def onboard_user(model: TapperModel, user_id: str, history: list[ProfileItem], cfg: TrainConfig,
-                 builder: ExampleBuilder, steps: int | None = None, start: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-    """Add or refresh one user's row from that user's history alone: `steps` (default cfg.onboard_steps)
-    from `start` (default: the user's current row, or the mean row for a new user)."""
-    examples = builder.from_history(user_id, history, cfg.max_history_pairs)
-    if start is None and user_id in model.user_state:
-        start = model.user_state.rows([user_id])[0].detach()
-    row = fit_user_row(model, examples, cfg, init=start, steps=steps)
-    model.user_state.set_row(user_id, row)
-    return row
+def onboard_users(model: TapperModel, questions: Sequence[Question], cfg: TrainConfig, builder: ExampleBuilder,
+                  steps: int | None = None, start: torch.Tensor | None = None,
+                  on_user: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
+    """Add or refresh each question's user's row from that user's history alone: `steps` (default
+    cfg.onboard_steps) from `start`, by default the user's current row, or for a new user the table's mean row
+    as it stood before this call (so no new user's start depends on who was onboarded before it). The rows are
+    written to the table once, at the end; a user asked twice is refitted from the first fit."""
+    cold = model.user_state.mean_row() if start is None else start
+    fitted: dict[str, torch.Tensor] = {}
+    for q in questions:
+        init = fitted.get(q.user_id)
+        if init is None:
+            known = start is None and q.user_id in model.user_state
+            init = model.user_state.rows([q.user_id])[0].detach() if known else cold
+        examples = builder.from_history(q.user_id, q.profile, cfg.max_history_pairs)
+        fitted[q.user_id] = fit_user_row(model, examples, cfg, init=init, steps=steps)
+        if on_user is not None:
+            on_user()
+    if fitted:
+        model.user_state.set_rows(list(fitted), torch.stack(list(fitted.values())))
+    return fitted
 
 
 # -- the whole pipeline -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from tapper.engine import GenerationRequest, TapperEngine
 from tapper.examples import ExampleBuilder
 from tapper.prefix import QueryPrefix, TapperConfig, TapperModel, UserStateTable
 from tapper.prefix.user_state import dequantize_rows_int8, quantize_rows_int8
-from tapper.train import TrainConfig, fit_user_row, history_examples, onboard_user, train_prefixes
+from tapper.train import TrainConfig, fit_user_row, history_examples, onboard_users, train_prefixes
 
 TASK = get_task("LaMP_3")
 WORDS = ["soft", "greasy", "fresh", "sticky", "smooth", "harsh", "light", "heavy"]
@@ -265,23 +265,41 @@ def test_onboarding_changes_only_that_users_row(backbone, anchor_text):
     assert torch.equal(model.user_state.weight[:4].detach(), shared_before["user_state.weight"])
 
 
-def test_onboard_user_budget_and_start(backbone):
+def test_onboard_users_budget_and_start(backbone):
     """steps=0 keeps the start row; a given start row is where the fit begins (bench/quality.py fits every
     budget from the same row); without one, a known user's fit starts from their current row."""
     model = make_model(backbone)
     b = builder(model)
     cfg = TrainConfig(onboard_steps=5, onboard_lr=0.1, batch_size=4, show_progress=False)
     start = torch.full((model.row_size,), 0.5)
-    history = make_history(7)
-    assert torch.equal(onboard_user(model, "newbie", history, cfg, b, steps=0, start=start), start)
+    asked = [Question("q-newbie", "an input", make_history(7), "newbie")]
+    assert torch.equal(onboard_users(model, asked, cfg, b, steps=0, start=start)["newbie"], start)
     assert torch.equal(model.user_state.rows(["newbie"])[0].detach(), start)
-    one = onboard_user(model, "other", history, cfg, b, steps=1, start=start)
+    other = [Question("q-other", "an input", make_history(7), "other")]
+    one = onboard_users(model, other, cfg, b, steps=1, start=start)["other"]
     assert not torch.equal(one, start)
     # one Adam step moves each coordinate by about the learning rate, from `start`
     assert (one - start).abs().max() <= cfg.onboard_lr * 1.01
-    again = onboard_user(model, "other", history, cfg, b, steps=1)  # from its own row now
+    again = onboard_users(model, other, cfg, b, steps=1)["other"]  # from its own row now
     assert (again - one).abs().max() <= cfg.onboard_lr * 1.01
     assert not torch.allclose(again - start, one - start)
+
+
+def test_onboard_users_start_new_users_from_the_mean_before_the_call(backbone):
+    """Every new user starts from the table's mean row as it was, whoever was onboarded before them, and the
+    rows land in one append (ids in order, earlier rows untouched)."""
+    model = make_model(backbone)
+    b = builder(model)
+    cfg = TrainConfig(onboard_steps=0, show_progress=False)
+    before = model.user_state.weight.detach().clone()
+    mean = model.user_state.mean_row().clone()
+    asked = [Question(f"q{i}", "an input", make_history(3), f"new-{i}") for i in range(3)]
+    rows = onboard_users(model, asked, cfg, b)
+    assert all(torch.equal(r, mean) for r in rows.values())
+    assert model.user_state.user_ids[-3:] == ["new-0", "new-1", "new-2"]
+    assert torch.equal(model.user_state.weight[: len(before)].detach(), before)
+    with pytest.raises(ValueError, match="more than once"):
+        model.user_state.set_rows(["a", "a"], torch.zeros(2, model.row_size))
 
 
 def kill_after(model: TapperModel, steps: int) -> None:

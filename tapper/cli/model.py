@@ -256,7 +256,7 @@ def register(app: typer.Typer) -> None:
         import torch
         from tqdm.auto import tqdm
 
-        from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, live_progress, onboard_user
+        from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, live_progress, onboard_users
 
         _dtype_choice(dtype)
         model = _load_run(run, device, model, allow_other_model)  # --model (a spec) gives way to the loaded run
@@ -282,11 +282,19 @@ def register(app: typer.Typer) -> None:
         builder = builder_for(model, model.config)
         began = time.perf_counter()
         live = live_progress()
-        for i, q in enumerate(tqdm(todo, desc="onboard", disable=not live), start=1):
-            onboard_user(model, q.user_id, q.profile, cfg, builder)
-            if not live and (i == len(todo) or i % max(1, len(todo) // 10) == 0):
-                logging.getLogger("tapper.onboard").info("onboard: %d/%d users, %.0f s", i, len(todo),
+        bar = tqdm(total=len(todo), desc="onboard", disable=not live)
+        done = 0
+
+        def progress() -> None:
+            nonlocal done
+            done += 1
+            bar.update(1)
+            if not live and (done == len(todo) or done % max(1, len(todo) // 10) == 0):
+                logging.getLogger("tapper.onboard").info("onboard: %d/%d users, %.0f s", done, len(todo),
                                                          time.perf_counter() - began)
+
+        onboard_users(model, todo, cfg, builder, on_user=progress)
+        bar.close()
         model.save_user_state(run)
         typer.echo(f"onboarded {len(todo)} user(s) in {time.perf_counter() - began:.1f} s; table has "
                    f"{len(model.user_state)} rows")

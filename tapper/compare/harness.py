@@ -47,7 +47,7 @@ from tapper.history_inputs import rewrite_history_inputs
 from tapper.io_utils import atomic_replace_dir
 from tapper.metrics import METRIC_NAMES, evaluate
 from tapper.prefix.model import BRIDGE_DIR, CONFIG_NAME, TapperModel
-from tapper.train import builder_for, history_examples, onboard_user, resolve_configs, train_prefixes
+from tapper.train import builder_for, history_examples, onboard_users, resolve_configs, train_prefixes
 from tapper.train_loop import ROW_SPARSE_OPTIMIZER
 
 CORE = ["floors", "zero-shot", "task-lora", "nonpersonal", "tapper", "rag", "pag", "oppu", "perpcs", "pplug",
@@ -349,8 +349,7 @@ def onboard_held_out(tuned: Backbone, target: LampSplit, tcfg, cfg, run_dir: Pat
         steps, lr = (fit, None) if isinstance(fit, int) else fit
         fit_cfg = cfg if lr is None else replace(cfg, onboard_lr=lr)
         began = time.perf_counter()
-        for q in new.questions:
-            onboard_user(model, q.user_id, q.profile, fit_cfg, builder, steps=steps, start=start)
+        onboard_users(model, new.questions, fit_cfg, builder, steps=steps, start=start)
         per_user = (time.perf_counter() - began) / max(1, len(new.questions))
         out[onboard_key(steps, lr)] = evaluate_model(model, new, onboarded_name(steps, lr), train_seconds=per_user)
     return out

@@ -78,9 +78,19 @@ class UserStateTable(nn.Module):
         return out
 
     def set_row(self, user_id: str, row: torch.Tensor) -> None:
-        (i,) = self.add_users([user_id])
+        self.set_rows([user_id], row[None])
+
+    def set_rows(self, user_ids: Sequence[str], rows: torch.Tensor) -> None:
+        """Write (N, L*d) rows, appending the ids the table lacks in one go: growing the table one user at a
+        time copies it whole for every user, quadratic in a large onboarding."""
+        if len(set(user_ids)) != len(user_ids):
+            raise ValueError("set_rows: an id appears more than once")
+        if tuple(rows.shape) != (len(user_ids), self.row_size):
+            raise ValueError(f"set_rows: rows of shape {tuple(rows.shape)}, expected ({len(user_ids)}, "
+                             f"{self.row_size})")
+        idx = torch.tensor(self.add_users(user_ids), dtype=torch.long, device=self.weight.device)
         with torch.no_grad():
-            self.weight[i] = row.to(self.weight)
+            self.weight[idx] = rows.to(self.weight)
 
     def save_pretrained(self, directory: str | Path, int8: bool = False) -> None:
         directory = Path(directory)
