@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cost_per_user.py                 # default backbone (SmolLM2-135M), ~20-60 s
     .venv/bin/python bench/cost_per_user.py --backbone tiny --out /tmp/cost   # smoke check
-    .venv/bin/python bench/cost_per_user.py --backbone gemma3-270m            # -> cost_per_user_gemma3-270m.*
+    .venv/bin/python bench/cost_per_user.py --backbone gemma3-270m --name cost_per_user_gemma3-270m
 
 Parameters. Every count is the numel() of real tensors of the methods' own modules built on the chosen backbone,
 none is a formula typed in: the frozen backbone (the same for all three, shown apart); the stage-1 task LoRA
@@ -23,8 +23,8 @@ file (plus the sharers' adapter and gate files it shares, as PerPcsBaseline.save
 for OPPU and PER-PCS that is exact (one file per user), for TAP-PER the 1,000-user table is also measured
 directly.
 
-Writes results/cost_per_user.{json,md,png} on the default backbone, results/cost_per_user_<backbone>.* on a named
-one (gemma3-270m), so the two read side by side.
+Writes results/<name>.{json,md,png}, by default results/cost_per_user.*; --name keeps a second backbone's tables
+beside the default's.
 """
 
 from __future__ import annotations
@@ -171,9 +171,9 @@ def main() -> None:
     ap.add_argument("--task", default="LaMP_7", help="whose TAP-PER config (prefix length) to use")
     ap.add_argument("--table-users", type=int, default=1000, help="users in the measured multi-user table")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="cost_per_user", help="file stem of the results")
     args = ap.parse_args()
-    name = "cost_per_user" if args.backbone == "default" else f"cost_per_user_{Path(args.backbone).name}"
-    result = Result(name, "Cost per user: parameters (shared + per user, 1 to 1,000,000 users) and "
+    result = Result(args.name, "Cost per user: parameters (shared + per user, 1 to 1,000,000 users) and "
                     "bytes on disk", {})
 
     backbone = load_backbone(args.backbone)
