@@ -1,0 +1,171 @@
+"""Which part of a trained TAP-PER model's prefix moves its answers: inference-time ablations, no retraining.
+
+    .venv/bin/python bench/prefix_probe.py --run /root/tapper-runs/LaMP_3_magazine/tapper \
+        --task LaMP_3 --source magazine --users 100             # the targets bench/quality.py chose
+    .venv/bin/python bench/prefix_probe.py --run runs/quality/.../tapper --task LaMP_7 --users 100
+
+The trained ablations of bench/quality.py (TAP-PER without P_u, without P_q) retrain the model without the
+part, so the bridge learns to do without it. This probe keeps one trained model and switches parts off at
+inference: every user on the mean row, P_u zero (P_q alone), P_q off (P_u alone), and no prefix at all (the
+bridge alone). If an answer changes, that part moved it. It also says how far the trained rows moved from their
+N(0, init_std) start, since a row that never moved is noise, not a user.
+
+Each variant is scored with LaMP's metric on the same targets (the ones bench/quality.py chose with the same
+--task/--source/--users/--stage1-users/--min-profile/--seed) and paired against the model as trained (bootstrap
+95% CI of the difference). --control names a result_*.json of bench/quality.py (e.g. the same-budget control's)
+to pair against as well. Writes results/prefix_probe_<label>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from common import RESULTS, Result, Table
+from quality import OTHER_SOURCES, SOURCES, built_users, lamp7_users
+
+from tapper.compare.report import paired_difference_ci
+from tapper.data.records import LampSplit
+from tapper.experiment import evaluate_model, primary_metric
+from tapper.prefix.model import TapperModel
+
+AS_TRAINED = "as trained"
+
+
+@dataclass
+class ProbeRow:
+    name: str
+    score: float
+    answers: dict[str, str]
+
+
+def _variants(model: TapperModel, trained: torch.Tensor) -> list[tuple[str, Callable[[], None]]]:
+    """(name, switch) pairs; each switch sets the model up from the trained state, which `probe` restores."""
+    table = model.user_state.weight.data
+
+    def mean_row() -> None:
+        table.copy_(trained.mean(0, keepdim=True).expand_as(trained))
+
+    def no_pu() -> None:
+        table.zero_()
+
+    def no_pq() -> None:
+        model.config.use_query_prefix = False
+
+    def no_prefix() -> None:
+        model.config.use_user_state = model.config.use_query_prefix = False
+
+    out = [(AS_TRAINED, lambda: None)]
+    if model.config.use_user_state:
+        out += [("every user on the mean row", mean_row)]
+        if model.config.use_query_prefix:
+            out += [("P_u zero (P_q alone)", no_pu), ("P_q off (P_u alone)", no_pq)]
+    elif model.config.use_query_prefix:
+        out += [("P_q off", no_pq)]
+    return out + [("no prefix (the bridge alone)", no_prefix)]
+
+
+def probe(model: TapperModel, target: LampSplit) -> list[ProbeRow]:
+    """Score the model on `target` as trained and with each part of its prefix switched off."""
+    metric = primary_metric(model.task.name)[0]
+    table = model.user_state.weight.data
+    trained, config = table.clone(), (model.config.use_user_state, model.config.use_query_prefix)
+    rows = []
+    try:
+        for name, switch in _variants(model, trained):
+            switch()
+            result = evaluate_model(model, target, name, show_progress=False)
+            rows.append(ProbeRow(name, float(result.metrics[metric]), dict(result.predictions)))
+            table.copy_(trained)
+            model.config.use_user_state, model.config.use_query_prefix = config
+    finally:
+        table.copy_(trained)
+        model.config.use_user_state, model.config.use_query_prefix = config
+    return rows
+
+
+def row_drift(model: TapperModel) -> dict[str, float]:
+    """Mean per-token norm of the trained rows against what N(0, init_std) rows of that width have."""
+    cfg = model.config
+    rows = model.user_state.weight.detach().float().view(len(model.user_state), cfg.prefix_len, -1)
+    init = cfg.init_std * math.sqrt(rows.shape[-1])
+    return {"rows": len(model.user_state), "token_norm_mean": float(rows.norm(dim=-1).mean()) if len(rows) else 0.0,
+            "token_norm_at_init": init}
+
+
+def _targets(args: argparse.Namespace) -> LampSplit:
+    if args.task == "LaMP_7":
+        return lamp7_users(args.users, args.stage1_users, args.seed)[0]
+    return built_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source)[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="a trained TAP-PER folder (e.g. <runs>/tapper)")
+    ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
+    ap.add_argument("--source", choices=list(OTHER_SOURCES), default=None)
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--stage1-users", type=int, default=300)
+    ap.add_argument("--min-profile", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backbone", default="default")
+    ap.add_argument("--control", type=Path, default=None, help="a bench/quality.py result_*.json to pair against")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from tapper.backbone import load_backbone
+
+    label = args.task if args.source is None else f"{args.task}_{args.source}"
+    target = _targets(args)
+    model = TapperModel.from_pretrained(args.run, backbone=load_backbone(args.backbone))
+    if model.task.name != target.task:
+        raise SystemExit(f"{args.run}: a {model.task.name} model, but --task {args.task}")
+    metric, higher = primary_metric(target.task)
+    golds = {q.id: target.gold(q.id) for q in target.questions}
+    rows = probe(model, target)
+    control = None
+    if args.control is not None:
+        data = json.loads(args.control.read_text())
+        control = (data["name"], data["predictions"])
+    base = rows[0]
+
+    def paired(a: dict[str, str], b: dict[str, str]) -> str:
+        low, high = paired_difference_ci(target.task, metric, golds, a, b, args.seed)
+        return f"[{low:+.3f}, {high:+.3f}]"
+
+    columns = ["variant", metric, f"minus {AS_TRAINED}, paired 95% CI", "answers changed", "answer counts"]
+    if control is not None:
+        columns.insert(3, f"minus {control[0]}, paired 95% CI")
+    body = []
+    for r in rows:
+        changed = sum(r.answers[q] != base.answers[q] for q in golds)
+        counts = ", ".join(f"{a or '(empty)'}: {n}" for a, n in Counter(r.answers.values()).most_common(6))
+        line = [r.name, round(r.score, 4), "" if r is base else paired(r.answers, base.answers), changed, counts]
+        if control is not None:
+            line.insert(3, paired(r.answers, control[1]))
+        body.append(line)
+    drift = row_drift(model)
+    result = Result(f"prefix_probe_{label}", f"What moves a trained TAP-PER model's answers on {label}: its "
+                    "prefix parts switched off at inference", {
+                        "task": target.task, "label": label, "run": str(args.run), "users": len(golds),
+                        "metric": metric, "higher_is_better": higher, "row_drift": drift,
+                        "control": None if control is None else {"name": control[0], "file": str(args.control)},
+                        "variants": [{"name": r.name, metric: r.score, "answers": r.answers} for r in rows]})
+    result.tables.append(Table(f"{label}: {len(golds)} target users, {metric} "
+                               f"({'higher' if higher else 'lower'} is better)", columns, body))
+    result.notes.append(
+        f"User rows: {drift['rows']} rows, mean per-token norm {drift['token_norm_mean']:.3f} against "
+        f"{drift['token_norm_at_init']:.3f} for the N(0, init_std) start.")
+    result.write_and_print(args.out)
+
+
+if __name__ == "__main__":
+    main()
