@@ -3,6 +3,7 @@
     .venv/bin/python bench/prefix_probe.py --run /root/tapper-runs/LaMP_3_magazine/tapper \
         --task LaMP_3 --source magazine --users 100             # the targets bench/quality.py chose
     .venv/bin/python bench/prefix_probe.py --run runs/quality/.../tapper --task LaMP_7 --users 100
+    .venv/bin/python bench/prefix_probe.py --run runs/quality/.../tapper --rows-only   # how far the rows moved
 
 The trained ablations of bench/quality.py (TAP-PER without P_u, without P_q) retrain the model without the
 part, so the bridge learns to do without it. This probe keeps one trained model and switches parts off at
@@ -33,7 +34,9 @@ from quality import OTHER_SOURCES, SOURCES, built_users, lamp7_users
 from tapper.compare.report import paired_difference_ci
 from tapper.data.records import LampSplit
 from tapper.experiment import evaluate_model, primary_metric
-from tapper.prefix.model import TapperModel
+from tapper.prefix.config import TapperConfig
+from tapper.prefix.model import USER_STATE_DIR, TapperModel, load_run_config
+from tapper.prefix.user_state import UserStateTable
 
 AS_TRAINED = "as trained"
 
@@ -92,11 +95,18 @@ def probe(model: TapperModel, target: LampSplit) -> list[ProbeRow]:
 
 def row_drift(model: TapperModel) -> dict[str, float]:
     """Mean per-token norm of the trained rows against what N(0, init_std) rows of that width have."""
-    cfg = model.config
-    rows = model.user_state.weight.detach().float().view(len(model.user_state), cfg.prefix_len, -1)
-    init = cfg.init_std * math.sqrt(rows.shape[-1])
-    return {"rows": len(model.user_state), "token_norm_mean": float(rows.norm(dim=-1).mean()) if len(rows) else 0.0,
-            "token_norm_at_init": init}
+    return _drift(model.user_state.weight, model.config)
+
+
+def _drift(weight: torch.Tensor, cfg: TapperConfig) -> dict[str, float]:
+    rows = weight.detach().float().view(weight.shape[0], cfg.prefix_len, -1)
+    return {"rows": int(weight.shape[0]), "token_norm_mean": float(rows.norm(dim=-1).mean()) if len(rows) else 0.0,
+            "token_norm_at_init": cfg.init_std * math.sqrt(rows.shape[-1])}
+
+
+def rows_moved(run: Path) -> dict[str, float]:
+    """row_drift of a saved run, read from its config and user table alone (no backbone)."""
+    return _drift(UserStateTable.from_pretrained(run / USER_STATE_DIR).weight, load_run_config(run))
 
 
 def _targets(args: argparse.Namespace) -> LampSplit:
@@ -108,7 +118,7 @@ def _targets(args: argparse.Namespace) -> LampSplit:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a trained TAP-PER folder (e.g. <runs>/tapper)")
-    ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
+    ap.add_argument("--task", choices=["LaMP_7", *SOURCES], help="required unless --rows-only")
     ap.add_argument("--source", choices=list(OTHER_SOURCES), default=None)
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--stage1-users", type=int, default=300)
@@ -118,7 +128,13 @@ def main() -> None:
     ap.add_argument("--control", type=Path, default=None, help="a bench/quality.py result_*.json to pair against")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--rows-only", action="store_true", help="print how far the user rows moved, and stop")
     args = ap.parse_args()
+    if args.rows_only:
+        print(json.dumps({"run": str(args.run), **rows_moved(args.run)}))
+        return
+    if args.task is None:
+        ap.error("--task is required (unless --rows-only)")
     if args.threads:
         torch.set_num_threads(args.threads)
     from tapper.backbone import load_backbone

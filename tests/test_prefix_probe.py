@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prefix_probe import AS_TRAINED, probe, row_drift  # noqa: E402
+from prefix_probe import AS_TRAINED, probe, row_drift, rows_moved  # noqa: E402
 from test_tapper_model import make_model, make_split, spiky_backbone  # noqa: E402
 
 from tapper.experiment import evaluate_model  # noqa: E402
@@ -37,8 +37,10 @@ def test_probe_scores_each_switch_and_restores_the_model():
     assert rows["no prefix (the bridge alone)"].answers == bare
 
 
-def test_row_drift_reads_the_start_scale():
+def test_row_drift_reads_the_start_scale_and_a_saved_run_alike(tmp_path):
     model = make_model(spiky_backbone())  # rows spread to N(0, 1): far from the N(0, init_std) start
     drift = row_drift(model)
     assert drift["rows"] == 4
     assert drift["token_norm_mean"] > 5 * drift["token_norm_at_init"]
+    model.save_pretrained(tmp_path / "run")
+    assert rows_moved(tmp_path / "run") == drift
