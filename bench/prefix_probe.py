@@ -80,16 +80,14 @@ def probe(model: TapperModel, target: LampSplit) -> list[ProbeRow]:
     table = model.user_state.weight.data
     trained, config = table.clone(), (model.config.use_user_state, model.config.use_query_prefix)
     rows = []
-    try:
-        for name, switch in _variants(model, trained):
+    for name, switch in _variants(model, trained):
+        try:
             switch()
             result = evaluate_model(model, target, name, show_progress=False)
-            rows.append(ProbeRow(name, float(result.metrics[metric]), dict(result.predictions)))
+        finally:  # back to the trained state before the next switch, and on the way out
             table.copy_(trained)
             model.config.use_user_state, model.config.use_query_prefix = config
-    finally:
-        table.copy_(trained)
-        model.config.use_user_state, model.config.use_query_prefix = config
+        rows.append(ProbeRow(name, float(result.metrics[metric]), dict(result.predictions)))
     return rows
 
 

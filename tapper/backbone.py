@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ class Backbone:
             # tapper tokenizes with add_special_tokens=False (templates carry their own specials), so a
             # template-less model that expects BOS (base Gemma 3: without it, it repeats "The The The")
             # gets it in the text, where the tokenizer reads it back as the special token
-            return (self.tokenizer.bos_token if adds_bos(self.tokenizer) else "") + user_text + "\n"
+            return self._bos_text + user_text + "\n"
         user = [{"role": "user", "content": user_text}]
         if self.system_prompt is not None:
             from jinja2 import TemplateError
@@ -94,6 +95,12 @@ class Backbone:
             except TemplateError:  # templates without a system role raise instead of ignoring it
                 pass
         return self._apply_template(user)
+
+    @cached_property
+    def _bos_text(self) -> str:
+        """BOS as text for a template-less prompt when the tokenizer adds one; found once per backbone (the
+        tokenizer of a Backbone is never swapped), not once per prompt."""
+        return self.tokenizer.bos_token if adds_bos(self.tokenizer) else ""
 
     def _apply_template(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
