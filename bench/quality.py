@@ -13,7 +13,9 @@
 Users. LaMP-7: the dev questions, shuffled with --seed; the first --users are the targets, the next
 --stage1-users the "other users" of stage 1; --val-users K scores instead the K users after those (same stage 1),
 so a setting can be chosen without looking at the targets (on a built task, the K users outside the targets and
-stage 1 with the longest histories). The other tasks are built from the raw dumps with each user's
+stage 1 with the longest histories). --val-latest scores instead the targets themselves on their latest
+history item, held out of their history (their queries stay unseen): the validation set for a task whose every
+eligible user is a target (LaMP-2N, Magazine). The other tasks are built from the raw dumps with each user's
 latest item as the query and everything earlier as the profile (the builders' "user" split, pooled);
 targets are --users users with at least --min-profile earlier items, sampled with --seed, and stage 1 uses
 the latest items of every other user (up to --stage1-users).
@@ -45,7 +47,7 @@ from pathlib import Path
 
 from common import ROOT, SHARED_DATA, command_line, git_commit
 
-from tapper.compare import ABLATIONS, CORE, CompareSpec, NothingToTrain, parse_methods, run_comparison
+from tapper.compare import ABLATIONS, CORE, CompareSpec, HoldOutError, NothingToTrain, parse_methods, run_comparison
 from tapper.compare.report import COLD, ONBOARDED, is_new_user_result, onboarded_name  # noqa: F401 (re-exported)
 from tapper.compare.runner import fingerprint, method_fingerprint  # noqa: F401 (re-exported)
 from tapper.data.builders import BUILDERS
@@ -168,6 +170,10 @@ def main() -> None:
                     help="score K validation users instead of the targets (LaMP-7: the users after the stage-1 "
                          "users; built tasks: the users outside targets and stage 1 with the longest histories); "
                          "same stage 1; results go to <runs>/val-<settings> and quality_<task>_val.*")
+    ap.add_argument("--val-latest", action="store_true",
+                    help="score the targets on their latest history item, held out of their history, instead of "
+                         "their query (validation without spare users); results go to <runs>/val-latest-<settings> "
+                         "and quality_<task>_val_latest.*")
     ap.add_argument("--onboard-users", type=int, default=10,
                     help="target users held out of stage 2 and onboarded later (at most half the targets)")
     ap.add_argument("--onboard-steps", default=None,
@@ -191,6 +197,8 @@ def main() -> None:
         wanted = parse_methods(args.methods, args.ablations)
     except ValueError as err:
         ap.error(str(err))
+    if args.val_users and args.val_latest:
+        ap.error("--val-users and --val-latest are two different validation sets: choose one")
     onboard_steps = _numbers(args.onboard_steps, int, "--onboard-steps", ap)
     onboard_lrs = _numbers(args.onboard_lrs, float, "--onboard-lrs", ap)
     if args.source is not None and OTHER_SOURCES[args.source][0] != task:
@@ -208,10 +216,11 @@ def main() -> None:
         data_settings={"stage1_users": args.stage1_users, "min_profile": args.min_profile}, methods=wanted,
         backbone=args.backbone, seed=args.seed, model_overrides=model_over, train_overrides=train_over,
         rewrite_history=args.rewrite_history, onboard_users=args.onboard_users, onboard_steps=onboard_steps,
-        onboard_lrs=onboard_lrs, val_users=args.val_users, fresh=args.fresh)
+        onboard_lrs=onboard_lrs, val_users=args.val_users, val_latest=args.val_latest,
+        fresh=args.fresh)
     try:
         report = run_comparison(spec, runs)
-    except NothingToTrain as err:  # e.g. --rewrite-history with no usable rewrite
+    except (NothingToTrain, HoldOutError) as err:  # e.g. --rewrite-history with no usable rewrite
         raise SystemExit(str(err)) from None
     for path in report.write(args.out, command=command_line(), commit=git_commit()):
         print(f"wrote {path}")

@@ -149,3 +149,44 @@ def test_main_rows_keep_the_paired_differences_that_the_notes_show():
     note = next(n for n in compare_notes(results, "LaMP_3", "mae", False, golds, 0) if "vs OPPU" in n)
     low, high = oppu["TAP-PER"]["ci95"]
     assert f"[{-high:+.4f}, {-low:+.4f}]" in note and low > 0
+
+
+def test_hold_out_latest_turns_each_users_latest_item_into_their_question():
+    from tapper.compare import HoldOutError, hold_out_latest
+    from tapper.data.records import LampSplit, Question
+    from tapper.data.sample import load_sample
+    from tapper.data.tasks import get_task
+
+    split = load_sample()["test"]
+    held = hold_out_latest(split)
+    task = get_task("LaMP_3")
+    assert len(held.questions) == len(split.questions)
+    for before, after in zip(split.questions, held.questions, strict=True):
+        latest = before.profile[-1]
+        assert after.user_id == before.user_id and after.id != before.id
+        assert after.profile == before.profile[:-1]  # the held-out item leaves the history
+        assert after.input == task.history_pair(latest)[0] != before.input
+        assert held.golds[after.id] == str(latest.get("score")) and after.day == latest.day
+    assert len(split.questions[0].profile) == len(held.questions[0].profile) + 1  # the input split is untouched
+
+    short = Question(id="q1", input="x", profile=split.questions[0].profile[:1], user_id="u1")
+    with pytest.raises(HoldOutError, match="'u1'.*needs at least 2"):
+        hold_out_latest(LampSplit("LaMP_3", [short], {"q1": "5"}))
+    citing = Question(id="q2", input="x", profile=split.questions[0].profile, user_id="u2")
+    with pytest.raises(HoldOutError, match="of user 'u2' has no LaMP_1"):
+        hold_out_latest(LampSplit("LaMP_1", [citing], {"q2": "[1]"}))
+
+
+def test_compare_val_latest_scores_the_held_out_items_in_a_runs_dir_of_its_own(tmp_path: Path):
+    res = CliRunner().invoke(app, [
+        "compare", "--sample", "--model", "tiny", "--methods", "floors", "--max-users", "6", "--val-latest",
+        "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), *FAST])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "out" / "quality_LaMP_3_val_latest.json").read_text())
+    assert data["target_users"] == 6
+    table = (tmp_path / "out" / "quality_LaMP_3_val_latest.md").read_text()
+    assert "6 target users scored on their latest history item" in table
+    floor = data["results"][0]
+    assert floor["examples"] and all("@" in qid for qid in floor["examples"])  # ids of the held-out questions
+    assert any(p.name.startswith("val-latest-") for p in (tmp_path / "runs").iterdir())
+    assert not (tmp_path / "out" / "quality_LaMP_3.json").exists()

@@ -88,6 +88,9 @@ def compare_command(
                                                 "every (rate, budget) is its own result")] = None,
     rewrite_history: Annotated[bool, Opt("--rewrite-history", help="LaMP-7: replay history tweets from "
                                                                    "filtered backbone rewrites")] = False,
+    val_latest: Annotated[bool, Opt("--val-latest", help="score the targets on their latest history item, held "
+                                                         "out of their history, instead of their query: choose "
+                                                         "settings without the real queries")] = False,
     fresh: Annotated[bool, Opt("--fresh", help="ignore results kept from an earlier run")] = False,
     threads: Annotated[int | None, Opt(help="torch CPU threads (default: torch's choice)")] = None,
 ) -> None:
@@ -153,7 +156,7 @@ def compare_command(
                        data_settings={"data": data_digest(target, others)}, methods=wanted, backbone=model,
                        device=device, seed=seed, model_overrides=model_over, train_overrides=train_over,
                        rewrite_history=rewrite_history, onboard_users=onboard_users, onboard_steps=steps,
-                       onboard_lrs=lrs, fresh=fresh)
+                       onboard_lrs=lrs, val_latest=val_latest, fresh=fresh)
     try:
         report = run_comparison(spec, runs or Path("runs") / "compare" / label)
     except NothingToTrain as e:

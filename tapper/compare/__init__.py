@@ -12,7 +12,9 @@ from tapper.compare.harness import (
     CORE,
     METHOD_HELP,
     CompareSpec,
+    HoldOutError,
     NothingToTrain,
+    hold_out_latest,
     onboard_held_out,
     onboard_key,
     parse_methods,
@@ -22,7 +24,7 @@ from tapper.compare.report import COLD, ONBOARDED, Report, Table, is_new_user_re
 from tapper.compare.runner import Runner, fingerprint, method_fingerprint
 
 __all__ = [
-    "ABLATIONS", "COLD", "CORE", "METHOD_HELP", "ONBOARDED", "CompareSpec", "NothingToTrain", "Report", "Runner",
-    "Table", "fingerprint", "is_new_user_result", "method_fingerprint", "onboard_held_out", "onboard_key",
-    "onboarded_name", "parse_methods", "run_comparison",
+    "ABLATIONS", "COLD", "CORE", "METHOD_HELP", "ONBOARDED", "CompareSpec", "HoldOutError", "NothingToTrain",
+    "Report", "Runner", "Table", "fingerprint", "hold_out_latest", "is_new_user_result", "method_fingerprint",
+    "onboard_held_out", "onboard_key", "onboarded_name", "parse_methods", "run_comparison",
 ]

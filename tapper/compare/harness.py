@@ -34,6 +34,7 @@ from tapper.compare.report import (
 from tapper.compare.runner import ONBOARD_KEYS, STAGE1_KEYS, Runner, fingerprint
 from tapper.data.records import LampSplit, Question
 from tapper.data.tasks import get_task
+from tapper.errors import TapperError
 from tapper.experiment import (
     VariantResult,
     copy_backbone,
@@ -112,11 +113,18 @@ class CompareSpec:
     onboard_steps: Sequence[int] | None = None  # P_u fit budgets (default: the config's onboard_steps)
     onboard_lrs: Sequence[float] | None = None  # a grid of fit learning rates (default: the config's onboard_lr)
     val_users: int = 0  # > 0: the targets are validation users; results under <runs>/val<K>-<tag>, *_val files
+    # True: score the targets on their latest history item instead of their query, that item removed from
+    # their history (hold_out_latest): validation for tasks with no spare users; <runs>/val-latest-<tag>
+    val_latest: bool = False
     fresh: bool = False  # ignore kept results
 
 
 class NothingToTrain(RuntimeError):
     """The comparison cannot run as asked (e.g. no history rewrite passed the filter)."""
+
+
+class HoldOutError(TapperError, ValueError):
+    """A target user's latest history item cannot become a validation question."""
 
 
 def onboard_key(steps: int, lr: float | None = None) -> str:
@@ -127,12 +135,38 @@ def _subset(questions: list[Question], golds: dict[str, str], task: str) -> Lamp
     return LampSplit(task, questions, {q.id: golds[q.id] for q in questions})
 
 
+def hold_out_latest(split: LampSplit) -> LampSplit:
+    """Each user's latest history item becomes their question (the pair it would have been as a query, its
+    label the gold) and leaves their history. Settings chosen on this split never see the real queries, and
+    stage 1 (other users) stays the same, so tasks whose every eligible user is a target can still be tuned."""
+    task = get_task(split.task)
+    questions, golds = [], {}
+    for q in split.questions:
+        if len(q.profile) < 2:
+            raise HoldOutError(f"hold_out_latest: user {q.user_id!r} (question {q.id!r}) has {len(q.profile)} "
+                             "history item(s); holding one out needs at least 2")
+        item = q.profile[-1]  # profiles are ordered by (day, position)
+        pair = task.history_pair(item)
+        if pair is None:
+            raise HoldOutError(f"hold_out_latest: history item {item.id!r} of user {q.user_id!r} has no "
+                             f"{task.name} input/output pair (field {task.history_output_field!r})")
+        held = Question(id=f"{q.id}@{item.id}", input=pair[0], profile=q.profile[:-1], user_id=q.user_id,
+                        day=item.day)
+        questions.append(held)
+        golds[held.id] = pair[1]
+    return LampSplit(split.task, questions, golds)
+
+
 def run_comparison(spec: CompareSpec, runs: Path) -> Report:
     """Run (or reuse) every method of `spec` with its work kept under `runs`, and return the report."""
     task = get_task(spec.task).name
     wanted = list(spec.methods)
     parse_methods(wanted)  # unknown names fail before anything runs
     target, others = spec.target, spec.others
+    if spec.val_users and spec.val_latest:
+        raise HoldOutError("val_users and val_latest are two different validation sets: choose one")
+    if spec.val_latest:
+        target = hold_out_latest(target)
     pool = spec.pool if spec.pool is not None else others
     data_info = dict(spec.data_info)
     label = spec.label or task
@@ -159,6 +193,12 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
         runs = runs / f"val{spec.val_users}-{fingerprint(all_settings)}"  # one dir per setting of a sweep
         report.name += "_val"
         report.title = (f"Quality on {task}, {spec.val_users} validation users (not the targets): "
+                        "settings chosen here")
+    if spec.val_latest:
+        all_settings["val_latest"] = True
+        runs = runs / f"val-latest-{fingerprint(all_settings)}"
+        report.name += "_val_latest"
+        report.title = (f"Quality on {task}, the targets' latest history items (their queries unseen): "
                         "settings chosen here")
     runner = Runner(runs, spec.fresh, all_settings)
     backbone = load_backbone(spec.backbone, device=spec.device)
@@ -291,8 +331,9 @@ def build_report(report: Report, results: list[VariantResult], task: str, label:
     primary, higher_better = primary_metric(task)
     rows, data_rows = main_rows(results, task, metric_names, golds, spec.seed)
     direction = "higher" if higher_better else "lower"
-    who = "validation" if spec.val_users else "target"
-    report.tables.append(Table(f"{label}: {len(target.questions)} {who} users, {len(others.questions)} stage-1 "
+    who = ("validation users" if spec.val_users else
+           "target users scored on their latest history item" if spec.val_latest else "target users")
+    report.tables.append(Table(f"{label}: {len(target.questions)} {who}, {len(others.questions)} stage-1 "
                                f"users, backbone {backbone_name} ({direction} {primary} is better)",
                                main_columns(metric_names), rows))
     report.data.update({
