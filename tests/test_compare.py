@@ -178,10 +178,20 @@ def test_hold_out_latest_turns_each_users_latest_item_into_their_question():
 
 
 def test_compare_val_latest_scores_the_held_out_items_in_a_runs_dir_of_its_own(tmp_path: Path):
-    res = CliRunner().invoke(app, [
-        "compare", "--sample", "--model", "tiny", "--methods", "floors", "--max-users", "6", "--val-latest",
-        "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), *FAST])
+    def sweep_point(user_lr: str):
+        return CliRunner().invoke(app, [
+            "compare", "--sample", "--model", "tiny", "--methods", "floors,nonpersonal", "--max-users", "6",
+            "--val-latest", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), *FAST,
+            "--set", f"user_lr={user_lr}"])
+
+    res = sweep_point("1e-3")
     assert res.exit_code == 0, res.output
+    assert "[nonpersonal] running" in res.output
+    # another point of the sweep: the control reads no user_lr, so it is taken from the first point's dir
+    again = sweep_point("1e-2")
+    assert again.exit_code == 0, again.output
+    assert "[nonpersonal] reusing" in again.output and "sweep point" in again.output
+    assert len([d for d in (tmp_path / "runs").iterdir() if d.name.startswith("val-latest-")]) == 2
     data = json.loads((tmp_path / "out" / "quality_LaMP_3_val_latest.json").read_text())
     assert data["target_users"] == 6
     table = (tmp_path / "out" / "quality_LaMP_3_val_latest.md").read_text()
@@ -190,3 +200,27 @@ def test_compare_val_latest_scores_the_held_out_items_in_a_runs_dir_of_its_own(t
     assert floor["examples"] and all("@" in qid for qid in floor["examples"])  # ids of the held-out questions
     assert any(p.name.startswith("val-latest-") for p in (tmp_path / "runs").iterdir())
     assert not (tmp_path / "out" / "quality_LaMP_3.json").exists()
+
+
+def test_a_sweep_point_takes_only_the_results_whose_settings_it_shares(tmp_path: Path):
+    from tapper.compare import Runner
+    from tapper.experiment import VariantResult
+
+    def result(name: str) -> VariantResult:
+        return VariantResult(name=name, metrics={"mae": 0.5}, per_user_params=0, train_seconds=1.0,
+                             predict_seconds=1.0)
+
+    first = Runner(tmp_path / "val-latest-a", False, {"user_lr": 1e-3, "seed": 0})
+    first.get("nonpersonal", lambda: result("control"))
+    first.get("tapper", lambda: result("tapper at 1e-3"))
+    ran: list[str] = []
+
+    def make(name: str):
+        return lambda: ran.append(name) or result(name)
+
+    second = Runner(tmp_path / "val-latest-b", False, {"user_lr": 1e-2, "seed": 0}, shared=[tmp_path / "val-latest-a"])
+    assert second.get("nonpersonal", make("control")).name == "control"  # reads no user_lr: taken
+    assert second.get("tapper", make("tapper at 1e-2")).name == "tapper at 1e-2"  # reads it: run again
+    assert ran == ["tapper at 1e-2"] and (tmp_path / "val-latest-b" / "result_nonpersonal.json").is_file()
+    third = Runner(tmp_path / "val-latest-c", False, {"user_lr": 1e-2, "seed": 1}, shared=[tmp_path / "val-latest-a"])
+    assert third.get("nonpersonal", make("control, seed 1")).name == "control, seed 1"  # another seed: run

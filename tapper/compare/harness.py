@@ -200,7 +200,10 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
         report.name += "_val_latest"
         report.title = (f"Quality on {task}, the targets' latest history items (their queries unseen): "
                         "settings chosen here")
-    runner = Runner(runs, spec.fresh, all_settings)
+    # the other points of a validation sweep: a method that reads none of the swept settings runs once
+    sweep = [] if not (spec.val_users or spec.val_latest) else sorted(
+        d for d in runs.parent.glob(runs.name.rsplit("-", 1)[0] + "-*") if d.is_dir())
+    runner = Runner(runs, spec.fresh, all_settings, shared=sweep)
     backbone = load_backbone(spec.backbone, device=spec.device)
     history_inputs = None
     if spec.rewrite_history:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,16 +52,26 @@ def method_fingerprint(key: str, settings: dict) -> str:
     return fingerprint(settings)
 
 
+def _kept(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, or being written by another process: not a result to take
+        return None
+
+
 class Runner:
     """Runs each method once and keeps its result on disk (`<runs>/result_<key>.json`), tagged with the
     settings that made it: a result from other settings (another --set, another --rewrite-history) is run
     again, never reused. A method's tag covers only the settings it reads (see method_fingerprint); a result
-    tagged with every setting of this very run is reused too (and re-tagged)."""
+    tagged with every setting of this very run is reused too (and re-tagged). `shared`: other work dirs (the
+    other points of one settings sweep) whose kept results are taken, and copied here, when their method tag
+    matches: a sweep over user_lr runs the control once, not once per rate."""
 
-    def __init__(self, runs: Path, fresh: bool, settings: dict):
+    def __init__(self, runs: Path, fresh: bool, settings: dict, shared: Sequence[Path] = ()):
         self.runs = Path(runs)
         self.fresh = fresh
         self.settings = settings
+        self.shared = [Path(d) for d in shared if Path(d) != self.runs]
         self.models: dict[str, TapperModel | None] = {}
         self.reused: list[str] = []  # keys answered from disk in this process
         self.ran: list[str] = []  # keys run in this process
@@ -78,6 +88,14 @@ class Runner:
                 self.reused.append(key)
                 return VariantResult(**kept)
             print(f"[{key}] {path} was made with other settings: running again", flush=True)
+        for other in [] if self.fresh else self.shared:
+            kept = _kept(other / path.name)
+            if kept is not None and kept.pop("settings", None) == tag:
+                print(f"[{key}] reusing {other / path.name} (a sweep point whose settings it does not read)",
+                      flush=True)
+                atomic_write_text(path, json.dumps({**kept, "settings": tag}, ensure_ascii=False) + "\n")
+                self.reused.append(key)
+                return VariantResult(**kept)
         print(f"[{key}] running", flush=True)
         began = time.perf_counter()
         result = make()
