@@ -197,8 +197,6 @@ def main() -> None:
         wanted = parse_methods(args.methods, args.ablations)
     except ValueError as err:
         ap.error(str(err))
-    if args.val_users and args.val_latest:
-        ap.error("--val-users and --val-latest are two different validation sets: choose one")
     onboard_steps = _numbers(args.onboard_steps, int, "--onboard-steps", ap)
     onboard_lrs = _numbers(args.onboard_lrs, float, "--onboard-lrs", ap)
     if args.source is not None and OTHER_SOURCES[args.source][0] != task:

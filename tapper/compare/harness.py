@@ -188,21 +188,23 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
     stage1_tag = fingerprint({k: all_settings[k] for k in stage1_keys})
     stage1_dir = runs / f"stage1-{stage1_tag}"
     rewrites_cache = runs / "history_rewrites.json"  # keyed by (backbone, text): one cache for every user set
+    sweep_prefix = None  # a validation run keeps one dir per setting of a sweep: <runs>/<prefix><settings tag>
     if spec.val_users:
         all_settings["val_users"] = spec.val_users
-        runs = runs / f"val{spec.val_users}-{fingerprint(all_settings)}"  # one dir per setting of a sweep
+        sweep_prefix = f"val{spec.val_users}-"
+        runs = runs / f"{sweep_prefix}{fingerprint(all_settings)}"
         report.name += "_val"
         report.title = (f"Quality on {task}, {spec.val_users} validation users (not the targets): "
                         "settings chosen here")
     if spec.val_latest:
         all_settings["val_latest"] = True
-        runs = runs / f"val-latest-{fingerprint(all_settings)}"
+        sweep_prefix = "val-latest-"
+        runs = runs / f"{sweep_prefix}{fingerprint(all_settings)}"
         report.name += "_val_latest"
         report.title = (f"Quality on {task}, the targets' latest history items (their queries unseen): "
                         "settings chosen here")
     # the other points of a validation sweep: a method that reads none of the swept settings runs once
-    sweep = [] if not (spec.val_users or spec.val_latest) else sorted(
-        d for d in runs.parent.glob(runs.name.rsplit("-", 1)[0] + "-*") if d.is_dir())
+    sweep = [] if sweep_prefix is None else sorted(d for d in runs.parent.glob(f"{sweep_prefix}*") if d.is_dir())
     runner = Runner(runs, spec.fresh, all_settings, shared=sweep)
     backbone = load_backbone(spec.backbone, device=spec.device)
     history_inputs = None
