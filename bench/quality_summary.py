@@ -3,8 +3,10 @@
     .venv/bin/python bench/quality_summary.py                      # every quality_*.json but *_val, *_compare_cli
     .venv/bin/python bench/quality_summary.py --labels LaMP_2N,LaMP_3 --out /tmp/qs
 
-One row per (task, method): the task's primary metric with its 95% bootstrap CI, and the difference against
-the same-budget control and against TAP-PER (this method minus the reference, paired 95% CI). Paired
+First a scoreboard (one row per task): TAP-PER against the control, each peer, the best floor and each
+ablation, with the paired 95% CI and the verdict (ahead, tie, behind). Then one row per (task, method): the
+task's primary metric with its 95% bootstrap CI, and the difference against the same-budget control and
+against TAP-PER (this method minus the reference, paired 95% CI). Paired
 intervals need each method's per-question answers, which the JSON does not keep (only five examples), so
 they are read from the rows' "paired" entries (tapper.compare.report writes them); for results written
 before that, from the "TAP-PER vs ..." notes of the task's own .md, only where the note's two values match
@@ -126,6 +128,72 @@ def task_table(label: str, data: dict[str, Any], rows: list[dict[str, Any]]) -> 
                  cells)
 
 
+# What TAP-PER is held against, in the scoreboard's column order: (column, how a method's name starts)
+OPPONENTS = [("control", CONTROL), ("RAG", "RAG"), ("PAG", "PAG"), ("OPPU", "OPPU"), ("PER-PCS", "PER-PCS"),
+             ("PPlug", "PPlug"), ("best floor", None), ("w/o P_u", "TAP-PER without P_u"),
+             ("w/o P_q", "TAP-PER without P_q"), ("w/o time decay", "TAP-PER without time decay"),
+             ("w/o bridge", "TAP-PER without the bridge")]
+
+
+VERDICTS = ("ahead", "ahead, at the edge", "tie", "behind, at the edge", "behind", "no paired CI")
+
+
+def verdict(diff: float, ci: list[float] | None, higher: bool) -> str:
+    """TAP-PER against one method, from TAP-PER minus it: "ahead" / "behind" when the paired CI leaves zero on
+    one side, "ahead, at the edge" when it ends exactly at zero (a discrete metric on ~100 users often does),
+    "tie" when it spans zero, "no paired CI" when none was kept (the sign of the difference alone decides nothing)."""
+    if ci is None:
+        return "no paired CI"
+    good = (lambda x: x > 0) if higher else (lambda x: x < 0)
+    near, far = (ci[0], ci[1]) if higher else (ci[1], ci[0])  # the bound nearest to "no better", the other
+    if good(near):
+        return "ahead"
+    if good(-far):
+        return "behind"
+    if near == 0 and good(diff):
+        return "ahead, at the edge"
+    if far == 0 and good(-diff):
+        return "behind, at the edge"
+    return "tie"
+
+
+def scoreboard(tasks: list[dict[str, Any]]) -> tuple[Table, list[dict[str, Any]]]:
+    """One row per task, one column per opponent: TAP-PER minus it, its paired CI and the verdict. The floor
+    column takes the task's best floor (the one hardest to beat). Ablations: "ahead" means the part helps."""
+    board = []
+    for t in tasks:
+        by_name = {r["method"]: r for r in t["rows"]}
+        floors = [r for r in t["rows"] if "floor" in r["method"]]
+        best_floor = (max if t["higher_better"] else min)(floors, key=lambda r: r["value"]) if floors else None
+        cells = {}
+        for column, prefix in OPPONENTS:
+            row = best_floor if prefix is None else next(
+                (r for name, r in by_name.items() if name == prefix or name.startswith(prefix + " (")), None)
+            if row is None or row["vs_tapper"] is None:
+                continue
+            d = row["vs_tapper"]  # this method minus TAP-PER: flip it to TAP-PER minus this method
+            ci = None if d["ci95"] is None else [0.0 - d["ci95"][1], 0.0 - d["ci95"][0]]
+            diff = 0.0 - d["difference"]  # 0.0 -: no "-0.000"
+            cells[column] = {"method": row["method"], "difference": diff, "ci95": ci,
+                             "verdict": verdict(diff, ci, t["higher_better"])}
+        counts = {v: sum(c["verdict"] == v for c in cells.values()) for v in VERDICTS}
+        board.append({"label": t["label"], "metric": t["metric"], "target_users": t["target_users"],
+                      "cells": cells, "counts": counts})
+
+    def cell(c: dict[str, Any] | None) -> str:
+        if c is None:
+            return "not run"
+        ci = "" if c["ci95"] is None else f" [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+        return f"{c['verdict']}: {c['difference']:+.3f}{ci}"
+
+    table = Table("Scoreboard: TAP-PER minus each opponent (paired 95% CI) and the verdict, per task",
+                  ["task", "TAP-PER is", *[c for c, _ in OPPONENTS]],
+                  [[f"{b['label']} ({b['target_users']} users, {b['metric']})",
+                    "; ".join(f"{n} {v}" for v, n in b["counts"].items() if n),
+                    *[cell(b["cells"].get(c)) for c, _ in OPPONENTS]] for b in board])
+    return table, board
+
+
 def plot_tasks(tasks: list[dict[str, Any]]):
     """One panel per task: each method's primary metric with its 95% CI; TAP-PER green and bold, the control
     orange, floors grey with a dashed line at their value (what a method has to beat)."""
@@ -186,9 +254,11 @@ def summarize(labels: list[str], results: Path) -> Result:
                       "finished_utc": data.get("finished_utc"), "tapper_source": data.get("tapper_source"),
                       "paired_source": source, "rows": rows})
         tables.append(task_table(label, data, rows))
+    board_table, board = scoreboard(tasks)
     commits = {t["label"]: t["commit"] for t in tasks}
-    notes = ["Differences are this method minus the reference on the task's primary metric; a negative MAE "
-             "difference is an improvement. Paired CIs resample the same questions for both methods."]
+    notes = ["Scoreboard: TAP-PER minus the opponent, so on MAE a negative difference is TAP-PER's win; in the "
+             "per-task tables, differences are the method minus the reference. Paired CIs resample the same "
+             "questions for both methods."]
     if len(set(commits.values())) == 1:
         notes.append(f"Every task's result comes from commit {next(iter(commits.values()))}.")
     else:
@@ -202,7 +272,8 @@ def summarize(labels: list[str], results: Path) -> Result:
                          "JSON's paired entries), which compare TAP-PER with each method but the floors; against the "
                          "control they exist for TAP-PER only.")
     return Result("quality_summary", "Quality on every task: primary metric, 95% CIs, differences vs the "
-                  "control and TAP-PER", {"labels": labels, "commits": commits, "tasks": tasks}, tables, notes,
+                  "control and TAP-PER", {"labels": labels, "commits": commits, "scoreboard": board, "tasks": tasks},
+                  [board_table, *tables], notes,
                   plot=plot_tasks(tasks))
 
 

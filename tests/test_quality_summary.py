@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import quality_summary  # noqa: E402  (a bench script: found through bench/ on sys.path)
-from quality_summary import SummaryError, default_labels, summarize  # noqa: E402
+from quality_summary import SummaryError, default_labels, summarize, verdict  # noqa: E402
 
 CONTROL = "non-personalized, same budget"
 
@@ -136,3 +136,37 @@ def test_a_malformed_results_file_is_named_in_the_error(results_dir: Path, tmp_p
 def test_a_missing_results_file_is_named_in_the_error(results_dir: Path):
     with pytest.raises(SummaryError, match="quality_LaMP_5R.json: no such results file"):
         summarize(["LaMP_5R"], results_dir)
+
+
+def test_the_scoreboard_gives_tapper_minus_each_opponent_and_the_verdict(results_dir: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    quality_summary.main(["--results", str(results_dir), "--out", str(out)])
+    board = {b["label"]: b for b in json.loads((out / "quality_summary.json").read_text())["scoreboard"]}
+    # LaMP_2N: TAP-PER minus the control and PPlug, flipped from the rows' "TAP-PER" entries
+    cells = board["LaMP_2N"]["cells"]
+    assert cells["control"]["verdict"] == "ahead" and cells["control"]["ci95"] == pytest.approx([0.031, 0.125])
+    assert cells["PPlug"]["verdict"] == "tie" and cells["PPlug"]["difference"] == pytest.approx(0.03)
+    assert cells["best floor"]["method"] == "user's most frequent past category (floor)"
+    assert cells["best floor"]["verdict"] == "ahead"
+    assert "RAG" not in cells and "w/o P_u" not in cells  # not run: no cell, shown as "not run"
+    # LaMP_3 (MAE, lower is better): an interval ending at 0 is "at the edge"; no note, no verdict
+    cells = board["LaMP_3"]["cells"]
+    assert cells["OPPU"]["difference"] == pytest.approx(-0.21) and cells["OPPU"]["verdict"] == "ahead, at the edge"
+    assert cells["PPlug"]["verdict"] == "no paired CI"  # its note is stale
+    assert cells["best floor"]["method"] == "always 5 (floor)"  # the lowest MAE of the floors
+    assert board["LaMP_3"]["counts"]["ahead, at the edge"] == 1
+    md = (out / "quality_summary.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| LaMP_2N (96 users, accuracy)"))
+    assert "2 ahead; 1 tie" in line and "ahead: +0.070 [+0.031, +0.125]" in line and "not run" in line
+
+
+@pytest.mark.parametrize("diff, ci, higher, expected", [
+    (0.07, [0.03, 0.12], True, "ahead"), (-0.07, [-0.12, -0.03], True, "behind"),
+    (0.02, [-0.03, 0.07], True, "tie"), (0.06, [0.0, 0.13], True, "ahead, at the edge"),
+    (-0.06, [-0.13, 0.0], True, "behind, at the edge"),
+    (-0.14, [-0.26, -0.03], False, "ahead"), (0.19, [0.07, 0.32], False, "behind"),
+    (-0.2, [-0.4, 0.0], False, "ahead, at the edge"), (0.0, [0.0, 0.0], False, "tie"),
+    (0.3, None, True, "no paired CI"),
+])
+def test_verdict_reads_the_interval_in_the_metric_s_direction(diff, ci, higher, expected):
+    assert verdict(diff, ci, higher) == expected
