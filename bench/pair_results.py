@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from quality import OTHER_SOURCES, SOURCES, built_users, lamp7_users
+from quality import OTHER_SOURCES, SOURCES, choose_users
 
 from tapper.compare import hold_out_latest
 from tapper.compare.report import paired_difference_ci
@@ -25,11 +25,8 @@ from tapper.metrics import evaluate
 
 
 def users(args: argparse.Namespace) -> LampSplit:
-    if args.task == "LaMP_7":
-        target = lamp7_users(args.users, args.stage1_users, args.seed, args.val_users)[0]
-    else:
-        target = built_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source,
-                             args.val_users)[0]
+    target = choose_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source,
+                          args.val_users)[0]
     return hold_out_latest(target) if args.val_latest else target
 
 

@@ -22,10 +22,15 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, Result, Table
+from peft.utils import CONFIG_NAME as ADAPTER_CONFIG
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_FILE
 from prefix_probe import rows_moved
 from safetensors.torch import load_file
 
-ADAPTER_FILE = "adapter_model.safetensors"
+from tapper.baselines.common import CONFIG_NAME as BASELINE_CONFIG
+from tapper.baselines.oppu import USERS_DIR
+from tapper.baselines.perpcs import ANCHORS_DIR
+from tapper.prefix.model import BRIDGE_DIR, TASK_ADAPTER_DIR
 
 
 class DriftError(Exception):
@@ -49,7 +54,7 @@ def lora_update_norm(weights: dict[str, torch.Tensor], alpha: float, r: int, whe
 
 
 def peft_adapter_norm(adapter_dir: Path) -> float:
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    cfg = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     return lora_update_norm(load_file(adapter_dir / ADAPTER_FILE), cfg["lora_alpha"], cfg["r"], adapter_dir)
 
 
@@ -60,23 +65,24 @@ def per_user_norms(files: Iterable[Path], config: Path) -> list[float]:
 
 
 def drift_of_run(runs: Path) -> dict[str, dict]:
-    """{part: {"norm" or "median", ...}} for every part a quality runs dir holds."""
+    """{part: {"users", "value", "at_init"} (per-user parts also "min", "max")} for every part a quality runs
+    dir holds: "value" is the update norm (per-user LoRAs: the median user) or P_u's mean per-token norm."""
     out: dict[str, dict] = {}
     if (runs / "tapper").is_dir():
         moved = rows_moved(runs / "tapper")
         out["TAP-PER user rows (P_u), per token"] = {
             "users": moved["rows"], "value": moved["token_norm_mean"], "at_init": moved["token_norm_at_init"]}
-    for name, adapter in (("task LoRA (stage 1)", runs / "nonpersonal" / "task_adapter"),
-                          ("control's bridge LoRA (all target users)", runs / "nonpersonal" / "bridge"),
-                          ("TAP-PER's bridge LoRA (all target users)", runs / "tapper" / "bridge")):
+    for name, adapter in (("task LoRA (stage 1)", runs / "nonpersonal" / TASK_ADAPTER_DIR),
+                          ("control's bridge LoRA (all target users)", runs / "nonpersonal" / BRIDGE_DIR),
+                          ("TAP-PER's bridge LoRA (all target users)", runs / "tapper" / BRIDGE_DIR)):
         if (adapter / ADAPTER_FILE).is_file():
             out[name] = {"users": None, "value": peft_adapter_norm(adapter), "at_init": 0.0}
-    for name, folder, config in (("OPPU LoRA, one per user", runs / "oppu" / "users", runs / "oppu"),
-                                 ("PER-PCS sharer's pieces, one per sharer", runs / "perpcs" / "anchors" / "users",
+    for name, folder, config in (("OPPU LoRA, one per user", runs / "oppu" / USERS_DIR, runs / "oppu"),
+                                 ("PER-PCS sharer's pieces, one per sharer", runs / "perpcs" / ANCHORS_DIR / USERS_DIR,
                                   runs / "perpcs")):
         files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
         if files:
-            norms = per_user_norms(files, config / "baseline_config.json")
+            norms = per_user_norms(files, config / BASELINE_CONFIG)
             out[name] = {"users": len(norms), "value": statistics.median(norms), "min": min(norms),
                          "max": max(norms), "at_init": 0.0}
     if not out:

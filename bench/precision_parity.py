@@ -53,12 +53,9 @@ def load_quality(run: Path, golds: dict[str, str]) -> dict:
 
 
 def task_golds(args: argparse.Namespace) -> dict[str, str]:
-    from quality import built_users, lamp7_users
+    from quality import choose_users
 
-    if args.task == "LaMP_7":
-        target = lamp7_users(args.users, args.stage1_users, args.seed)[0]
-    else:
-        target = built_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile)[0]
+    target = choose_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile)[0]
     return dict(target.golds or {})
 
 

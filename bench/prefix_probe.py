@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, Result, Table
-from quality import OTHER_SOURCES, SOURCES, built_users, lamp7_users
+from quality import OTHER_SOURCES, SOURCES, choose_users
 
 from tapper.compare.report import paired_difference_ci
 from tapper.data.records import LampSplit
@@ -108,9 +108,7 @@ def rows_moved(run: Path) -> dict[str, float]:
 
 
 def _targets(args: argparse.Namespace) -> LampSplit:
-    if args.task == "LaMP_7":
-        return lamp7_users(args.users, args.stage1_users, args.seed)[0]
-    return built_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source)[0]
+    return choose_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source)[0]
 
 
 def main() -> None:

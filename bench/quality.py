@@ -131,6 +131,15 @@ def built_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int, s
     return _subset(targets, golds, task), stage1_users, _subset(others, golds, task), info
 
 
+def choose_users(task: str, n: int, n_stage1: int, seed: int, min_profile: int = 3, source: str | None = None,
+                 n_val: int = 0) -> tuple[LampSplit, LampSplit, LampSplit, dict]:
+    """(targets, stage-1 users, pool, data info) as this script chooses them: every bench that scores the
+    targets of a quality run (prefix_probe, pair_results, precision_parity) rebuilds them through here."""
+    if task == "LaMP_7":
+        return lamp7_users(n, n_stage1, seed, n_val)
+    return built_users(task, n, n_stage1, seed, min_profile, source, n_val)
+
+
 def _numbers(text: str | None, kind: type, option: str, ap: argparse.ArgumentParser) -> list | None:
     if not text:
         return None
@@ -204,11 +213,8 @@ def main() -> None:
     label = task if args.source is None else f"{task}_{args.source}"  # names the runs dir and the results
     runs = args.runs or ROOT / "runs" / "quality" / f"{label}-n{args.users}-s{args.seed}-{args.backbone}"
 
-    if task == "LaMP_7":
-        target, others, pool, data_info = lamp7_users(args.users, args.stage1_users, args.seed, args.val_users)
-    else:
-        target, others, pool, data_info = built_users(task, args.users, args.stage1_users, args.seed,
-                                                      args.min_profile, args.source, args.val_users)
+    target, others, pool, data_info = choose_users(task, args.users, args.stage1_users, args.seed, args.min_profile,
+                                                   args.source, args.val_users)
     spec = CompareSpec(
         task=task, target=target, others=others, pool=pool, label=label, data_info=data_info,
         data_settings={"stage1_users": args.stage1_users, "min_profile": args.min_profile}, methods=wanted,
