@@ -43,10 +43,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 from pathlib import Path
 
 from common import ROOT, SHARED_DATA, command_line, git_commit
 
+from tapper.backbone import DEFAULT_SPECS
 from tapper.compare import ABLATIONS, CORE, CompareSpec, HoldOutError, NothingToTrain, parse_methods, run_comparison
 from tapper.compare.report import COLD, ONBOARDED, is_new_user_result, onboarded_name  # noqa: F401 (re-exported)
 from tapper.compare.runner import fingerprint, method_fingerprint  # noqa: F401 (re-exported)
@@ -152,6 +154,15 @@ def _numbers(text: str | None, kind: type, option: str, ap: argparse.ArgumentPar
     return values
 
 
+def run_label(task: str, source: str | None, backbone: str) -> str:
+    """Names a run's results: quality_<label>.*. Another source or backbone gets its own name, so a Gemma run
+    never overwrites the default backbone's table."""
+    label = task if source is None else f"{task}_{source}"
+    if backbone.strip().lower() not in DEFAULT_SPECS:
+        label += "_" + re.sub(r"[^A-Za-z0-9.-]+", "-", Path(backbone).name)
+    return label
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
@@ -210,7 +221,7 @@ def main() -> None:
     onboard_lrs = _numbers(args.onboard_lrs, float, "--onboard-lrs", ap)
     if args.source is not None and OTHER_SOURCES[args.source][0] != task:
         ap.error(f"--source {args.source} builds {OTHER_SOURCES[args.source][0]}, not {task}")
-    label = task if args.source is None else f"{task}_{args.source}"  # names the runs dir and the results
+    label = run_label(task, args.source, args.backbone)
     runs = args.runs or ROOT / "runs" / "quality" / f"{label}-n{args.users}-s{args.seed}-{args.backbone}"
 
     target, others, pool, data_info = choose_users(task, args.users, args.stage1_users, args.seed, args.min_profile,

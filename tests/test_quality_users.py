@@ -58,3 +58,12 @@ def test_precision_parity_compares_two_quality_work_dirs_on_the_same_users(tmp_p
     assert row["method"] == "TAP-PER" and row["same_answers"] == 59
     assert row["difference"] == row["mae_bf16"] - row["mae_fp32"]
     assert data["wall_seconds_fp32"] == data["wall_seconds_bf16"] == 11.0
+
+
+def test_a_run_on_another_backbone_or_source_writes_results_of_its_own_name():
+    from quality import run_label
+
+    assert run_label("LaMP_3", None, "default") == run_label("LaMP_3", None, "SmolLM2") == "LaMP_3"
+    assert run_label("LaMP_3", "magazine", "default") == "LaMP_3_magazine"
+    assert run_label("LaMP_2N", None, "gemma3-270m") == "LaMP_2N_gemma3-270m"
+    assert run_label("LaMP_3", None, "/models/My Model.gguf") == "LaMP_3_My-Model.gguf"
