@@ -4,6 +4,11 @@ validation sweep (each dir pairs its methods only with each other).
     .venv/bin/python bench/pair_results.py --task LaMP_3 --source magazine --users 100 --val-latest \
         <runs>/val-latest-A/result_tapper.json <runs>/val-latest-B/result_tapper.json
 
+A or B may be `floor:<words>` instead of a file: the floor of tapper.baselines.floors whose name contains the
+words, made on the same users (a table written before floors kept their answers gets its floor pairs this way):
+
+    .venv/bin/python bench/pair_results.py --task LaMP_2N --users 96 <runs>/result_tapper.json "floor:most frequent"
+
 Prints A minus B on the task's primary metric, the bootstrap CI (1,000 paired resamples, --seed) and how many
 answers differ. The users are rebuilt with bench/quality.py's own choice (same --task/--source/--users/
 --stage1-users/--min-profile/--seed, and --val-users or --val-latest as the runs had).
@@ -17,6 +22,7 @@ from pathlib import Path
 
 from quality import OTHER_SOURCES, SOURCES, choose_users
 
+from tapper.baselines.floors import floors
 from tapper.compare import hold_out_latest
 from tapper.compare.report import paired_difference_ci
 from tapper.data.records import LampSplit
@@ -24,10 +30,29 @@ from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
 
 
-def users(args: argparse.Namespace) -> LampSplit:
-    target = choose_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source,
-                          args.val_users)[0]
-    return hold_out_latest(target) if args.val_latest else target
+def users(args: argparse.Namespace) -> tuple[LampSplit, LampSplit]:
+    """(the scored users, the stage-1 users) as the runs had them."""
+    target, others = choose_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile,
+                                  args.source, args.val_users)[:2]
+    return (hold_out_latest(target) if args.val_latest else target), others
+
+
+def load_answers(operand: str, target: LampSplit, others: LampSplit) -> tuple[str, dict[str, str]]:
+    """(name, {question id: answer}) of a kept result file, or of the floor named by `floor:<words>`."""
+    if operand.startswith("floor:"):
+        words = operand.removeprefix("floor:").strip().lower()
+        made = floors(target.task, target, others)
+        chosen = [name for name in made if words in name.lower()]
+        if len(chosen) != 1:
+            raise SystemExit(f"{operand!r}: {'no' if not chosen else 'more than one'} floor of {target.task} "
+                             f"matches; its floors: {sorted(made)}")
+        return chosen[0], made[chosen[0]]
+    path = Path(operand)
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        return f"{kept['name']} ({path})", kept["predictions"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not a kept result of bench/quality.py ({err})") from None
 
 
 def pair(task: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str], seed: int) -> dict:
@@ -44,8 +69,8 @@ def pair(task: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str],
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("a", type=Path)
-    ap.add_argument("b", type=Path)
+    ap.add_argument("a", help="a kept result_<method>.json, or floor:<words of a floor's name>")
+    ap.add_argument("b", help="the same")
     ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
     ap.add_argument("--source", choices=list(OTHER_SOURCES), default=None)
     ap.add_argument("--users", type=int, default=100)
@@ -55,11 +80,11 @@ def main() -> None:
     ap.add_argument("--val-users", type=int, default=0)
     ap.add_argument("--val-latest", action="store_true")
     args = ap.parse_args()
-    target = users(args)
+    target, others = users(args)
     golds = {q.id: target.gold(q.id) for q in target.questions}
-    a, b = (json.loads(p.read_text(encoding="utf-8")) for p in (args.a, args.b))
-    out = pair(target.task, golds, a["predictions"], b["predictions"], args.seed)
-    print(json.dumps({"a": f"{a['name']} ({args.a})", "b": f"{b['name']} ({args.b})", **out}))
+    (name_a, a), (name_b, b) = (load_answers(x, target, others) for x in (args.a, args.b))
+    out = pair(target.task, golds, a, b, args.seed)
+    print(json.dumps({"a": name_a, "b": name_b, **out}))
 
 
 if __name__ == "__main__":

@@ -27,3 +27,36 @@ def test_pair_scores_both_and_counts_the_answers_that_differ():
 def test_pair_refuses_results_made_on_other_users():
     with pytest.raises(SystemExit, match="1 scored users have no answer.*'q2'"):
         pair("LaMP_3", {"q1": "5", "q2": "1"}, {"q1": "5", "q2": "1"}, {"q1": "5"}, seed=0)
+
+
+def _rating_split(ratings: dict[str, list[int]], golds: dict[str, str]):
+    from tapper.data.records import LampSplit, Question
+
+    questions = [Question(id=q, input="Rate this review: fine", user_id=q,
+                          profile=[{"text": "x", "score": str(r)} for r in past]) for q, past in ratings.items()]
+    return LampSplit("LaMP_3", questions, golds)
+
+
+def test_a_floor_operand_is_made_on_the_same_users_and_named():
+    from pair_results import load_answers
+
+    target = _rating_split({"q1": [4, 4], "q2": [1, 2]}, {"q1": "4", "q2": "2"})
+    name, answers = load_answers("floor:mean past", target, _rating_split({}, {}))
+    assert name == "user's mean past rating (floor)"
+    assert answers == {"q1": "4.000", "q2": "1.500"}
+    name5, always5 = load_answers("floor:always 5", target, _rating_split({}, {}))
+    assert always5 == {"q1": "5", "q2": "5"}
+
+
+def test_a_floor_operand_that_names_no_floor_or_several_lists_the_task_floors(tmp_path: Path):
+    from pair_results import load_answers
+
+    target = _rating_split({"q1": [4]}, {"q1": "4"})
+    with pytest.raises(SystemExit, match="no floor of LaMP_3 matches.*always 5"):
+        load_answers("floor:majority", target, _rating_split({}, {}))
+    with pytest.raises(SystemExit, match="more than one floor"):
+        load_answers("floor:(floor)", target, _rating_split({}, {}))
+    bad = tmp_path / "result_x.json"
+    bad.write_text("{\"name\": \"x\"}")
+    with pytest.raises(SystemExit, match="result_x.json: not a kept result"):
+        load_answers(str(bad), target, _rating_split({}, {}))
