@@ -37,6 +37,7 @@ from tapper.experiment import evaluate_model, primary_metric
 from tapper.prefix.config import TapperConfig
 from tapper.prefix.model import USER_STATE_DIR, TapperModel, load_run_config
 from tapper.prefix.user_state import UserStateTable
+from tapper.train import builder_for
 
 AS_TRAINED = "as trained"
 
@@ -107,6 +108,34 @@ def rows_moved(run: Path) -> dict[str, float]:
     return _drift(UserStateTable.from_pretrained(run / USER_STATE_DIR).weight, load_run_config(run))
 
 
+@torch.no_grad()
+def prefix_scale(model: TapperModel, target: LampSplit, batch_size: int = 16) -> dict[str, float]:
+    """Median per-token norms of what the backbone reads on the targets: its own word embeddings of the prompts,
+    and the prefix parts (P_u rows, P_q, their sum). A prefix far below the word scale is barely read: Gemma
+    scales its word embeddings by sqrt(d), SmolLM2 does not, and P_u starts at N(0, init_std) on both."""
+    builder = builder_for(model, model.config)
+    examples = [builder.for_question(q) for q in target.questions]
+    emb = model.hf_model.get_input_embeddings()
+    words, parts = [], {"P_u": [], "P_q": [], "P_u + P_q": []}
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i:i + batch_size]
+        for e in batch:
+            ids = model.tokenizer(e.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+            words.append(emb(ids)[0].float().norm(dim=-1))
+        length, hidden = model.config.prefix_len, model.hidden
+        if model.config.use_user_state:
+            rows = model.user_state.rows([e.user_id for e in batch]).to(model.device)
+            parts["P_u"].append(rows.view(len(batch), length, hidden).float().norm(dim=-1).flatten())
+        if model.config.use_query_prefix:
+            parts["P_q"].append(model._query_prefix(batch)[0].float().norm(dim=-1).flatten())
+        fused = model.build_prefix(batch)[0]
+        if fused is not None:
+            parts["P_u + P_q"].append(fused.float().norm(dim=-1).flatten())
+    out = {"word_embeddings": float(torch.cat(words).median())}
+    out.update({name: float(torch.cat(v).median()) for name, v in parts.items() if v})
+    return out
+
+
 def _targets(args: argparse.Namespace) -> LampSplit:
     return choose_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source)[0]
 
@@ -165,10 +194,11 @@ def main() -> None:
             line.insert(3, paired(r.answers, control[1]))
         body.append(line)
     drift = row_drift(model)
+    scale = prefix_scale(model, target)
     result = Result(f"prefix_probe_{label}", f"What moves a trained TAP-PER model's answers on {label}: its "
                     "prefix parts switched off at inference", {
                         "task": target.task, "label": label, "run": str(args.run), "users": len(golds),
-                        "metric": metric, "higher_is_better": higher, "row_drift": drift,
+                        "metric": metric, "higher_is_better": higher, "row_drift": drift, "prefix_scale": scale,
                         "control": None if control is None else {"name": control[0], "file": str(args.control)},
                         "variants": [{"name": r.name, metric: r.score, "answers": r.answers} for r in rows]})
     result.tables.append(Table(f"{label}: {len(golds)} target users, {metric} "
@@ -176,6 +206,8 @@ def main() -> None:
     result.notes.append(
         f"User rows: {drift['rows']} rows, mean per-token norm {drift['token_norm_mean']:.3f} against "
         f"{drift['token_norm_at_init']:.3f} for the N(0, init_std) start.")
+    result.notes.append("Median per-token norm of what the backbone reads: " + ", ".join(
+        f"{name.replace('_', ' ')} {value:.2f}" for name, value in scale.items()) + ".")
     result.write_and_print(args.out)
 
 

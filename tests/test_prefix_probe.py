@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prefix_probe import AS_TRAINED, probe, row_drift, rows_moved  # noqa: E402
+from prefix_probe import AS_TRAINED, prefix_scale, probe, row_drift, rows_moved  # noqa: E402
 from test_tapper_model import make_model, make_split, spiky_backbone  # noqa: E402
 
 from tapper.experiment import evaluate_model  # noqa: E402
@@ -44,3 +44,18 @@ def test_row_drift_reads_the_start_scale_and_a_saved_run_alike(tmp_path):
     assert drift["token_norm_mean"] > 5 * drift["token_norm_at_init"]
     model.save_pretrained(tmp_path / "run")
     assert rows_moved(tmp_path / "run") == drift
+
+
+def test_prefix_scale_measures_each_part_against_the_word_embeddings():
+    model = make_model(spiky_backbone())
+    target = make_split(4)
+    scale = prefix_scale(model, target)
+    assert set(scale) == {"word_embeddings", "P_u", "P_q", "P_u + P_q"}
+    hidden = model.hidden
+    rows = model.user_state.weight.detach().view(-1, hidden).norm(dim=-1)
+    assert abs(scale["P_u"] - float(rows.median())) < 1e-5  # every row token, as the table holds it
+    with torch.no_grad():  # a word scaled up reads larger: the measure follows the backbone's embedding
+        model.hf_model.get_input_embeddings().weight.mul_(10.0)
+    assert prefix_scale(model, target)["word_embeddings"] > 9 * scale["word_embeddings"]
+    model.config.use_query_prefix = False
+    assert "P_q" not in prefix_scale(model, target)
