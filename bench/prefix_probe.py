@@ -131,7 +131,7 @@ def prefix_scale(model: TapperModel, target: LampSplit, batch_size: int = 16) ->
         fused = model.build_prefix(batch)[0]
         if fused is not None:
             parts["P_u + P_q"].append(fused.float().norm(dim=-1).flatten())
-    out = {"word_embeddings": float(torch.cat(words).median())}
+    out = {"word embeddings": float(torch.cat(words).median())}
     out.update({name: float(torch.cat(v).median()) for name, v in parts.items() if v})
     return out
 
@@ -207,7 +207,7 @@ def main() -> None:
         f"User rows: {drift['rows']} rows, mean per-token norm {drift['token_norm_mean']:.3f} against "
         f"{drift['token_norm_at_init']:.3f} for the N(0, init_std) start.")
     result.notes.append("Median per-token norm of what the backbone reads: " + ", ".join(
-        f"{name.replace('_', ' ')} {value:.2f}" for name, value in scale.items()) + ".")
+        f"{name} {value:.2f}" for name, value in scale.items()) + ".")
     result.write_and_print(args.out)
 
 

@@ -50,12 +50,12 @@ def test_prefix_scale_measures_each_part_against_the_word_embeddings():
     model = make_model(spiky_backbone())
     target = make_split(4)
     scale = prefix_scale(model, target)
-    assert set(scale) == {"word_embeddings", "P_u", "P_q", "P_u + P_q"}
+    assert set(scale) == {"word embeddings", "P_u", "P_q", "P_u + P_q"}
     hidden = model.hidden
     rows = model.user_state.weight.detach().view(-1, hidden).norm(dim=-1)
     assert abs(scale["P_u"] - float(rows.median())) < 1e-5  # every row token, as the table holds it
     with torch.no_grad():  # a word scaled up reads larger: the measure follows the backbone's embedding
         model.hf_model.get_input_embeddings().weight.mul_(10.0)
-    assert prefix_scale(model, target)["word_embeddings"] > 9 * scale["word_embeddings"]
+    assert prefix_scale(model, target)["word embeddings"] > 9 * scale["word embeddings"]
     model.config.use_query_prefix = False
     assert "P_q" not in prefix_scale(model, target)
