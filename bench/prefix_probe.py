@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, Result, Table
-from quality import OTHER_SOURCES, SOURCES, choose_users
+from quality import OTHER_SOURCES, SOURCES, choose_users, run_label
 
 from tapper.compare.report import paired_difference_ci
 from tapper.data.records import LampSplit
@@ -164,7 +164,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from tapper.backbone import load_backbone
 
-    label = args.task if args.source is None else f"{args.task}_{args.source}"
+    label = run_label(args.task, args.source, args.backbone)
     target = _targets(args)
     model = TapperModel.from_pretrained(args.run, backbone=load_backbone(args.backbone))
     if model.task.name != target.task:
