@@ -154,7 +154,7 @@ def _numbers(text: str | None, kind: type, option: str, ap: argparse.ArgumentPar
     return values
 
 
-def run_label(task: str, source: str | None, backbone: str) -> str:
+def run_label(task: str, source: str | None, backbone: str = DEFAULT_SPECS[0]) -> str:
     """Names a run's results: quality_<label>.*. Another source or backbone gets its own name, so a Gemma run
     never overwrites the default backbone's table."""
     label = task if source is None else f"{task}_{source}"
@@ -222,7 +222,9 @@ def main() -> None:
     if args.source is not None and OTHER_SOURCES[args.source][0] != task:
         ap.error(f"--source {args.source} builds {OTHER_SOURCES[args.source][0]}, not {task}")
     label = run_label(task, args.source, args.backbone)
-    runs = args.runs or ROOT / "runs" / "quality" / f"{label}-n{args.users}-s{args.seed}-{args.backbone}"
+    # the default work dir names its backbone once, as it did before results were named by backbone
+    runs = args.runs or ROOT / "runs" / "quality" / (f"{run_label(task, args.source)}-n{args.users}-s{args.seed}-"
+                                                    f"{args.backbone}")
 
     target, others, pool, data_info = choose_users(task, args.users, args.stage1_users, args.seed, args.min_profile,
                                                    args.source, args.val_users)
