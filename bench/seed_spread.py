@@ -1,0 +1,133 @@
+"""How much of a gap between two methods is one training run's spread: the same users and settings trained again
+with other seeds (`bench/quality.py --set seed=N`, each seed with its own --runs), read from the kept results.
+
+    .venv/bin/python bench/seed_spread.py --task LaMP_3 --source magazine --users 100 \
+        --runs 0=/root/tapper-runs/LaMP_3_magazine --runs 1=/root/tapper-runs/LaMP_3_magazine-seed1 \
+        --label LaMP_3_magazine
+
+`--set seed` drives every stage (stage 1's data order and LoRA init, stage 2's, the user rows' init), so a
+seed's run is a whole retraining, not a resample of one. For each seed this reports each method's score and
+the paired difference of `--a` minus `--b` (default TAP-PER minus the same-budget control) with its bootstrap
+CI; across seeds, each method's spread and, for each pair of seeds, how far one method moved between them
+(paired CI, answers changed). Writes results/seed_spread_<label>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, Result, Table
+from pair_results import load_answers, pair, users
+from quality import OTHER_SOURCES, SOURCES
+from quality_summary import verdict
+
+from tapper.experiment import primary_metric
+from tapper.metrics import evaluate
+
+
+def result_file(runs: Path, method: str) -> Path:
+    path = runs / f"result_{method}.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: no kept result of {method!r} in this seed's runs dir")
+    return path
+
+
+def spread(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[str, str]]], a: str, b: str,
+           boot_seed: int = 0) -> dict[str, Any]:
+    """answers[seed][method] = {question id: answer}. Per seed: every method scored, and a minus b paired; per
+    method: its spread over seeds, and each pair of seeds paired."""
+    metric, higher = primary_metric(task)
+    seeds, methods = list(answers), list(next(iter(answers.values())))
+    per_seed = {}
+    for s in seeds:
+        gap = pair(task, golds, answers[s][a], answers[s][b], boot_seed)
+        per_seed[s] = {"scores": {m: evaluate(task, golds, {q: answers[s][m][q] for q in golds})[metric]
+                                  for m in methods},
+                       "gap": {**gap, "verdict": verdict(gap["difference"], gap["ci95"], higher)}}
+    per_method = {}
+    for m in methods:
+        scores = [per_seed[s]["scores"][m] for s in seeds]
+        between = {f"{s} vs {t}": pair(task, golds, answers[s][m], answers[t][m], boot_seed)
+                   for s, t in itertools.combinations(seeds, 2)}
+        per_method[m] = {"mean": statistics.fmean(scores), "min": min(scores), "max": max(scores),
+                         "sd": statistics.stdev(scores), "between_seeds": between}
+    gaps = [per_seed[s]["gap"]["difference"] for s in seeds]
+    return {"metric": metric, "higher_is_better": higher, "a": a, "b": b, "per_seed": per_seed,
+            "per_method": per_method,
+            "gap": {"mean": statistics.fmean(gaps), "min": min(gaps), "max": max(gaps),
+                    "sd": statistics.stdev(gaps),
+                    "same_sign": all(g > 0 for g in gaps) or all(g < 0 for g in gaps)}}
+
+
+def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
+    metric, a, b = out["metric"], out["a"], out["b"]
+    rows = [[s, *(d["scores"][m] for m in methods), d["gap"]["difference"],
+             "[{:+.3f}, {:+.3f}]".format(*d["gap"]["ci95"]), d["gap"]["verdict"], d["gap"]["answers_differ"]]
+            for s, d in out["per_seed"].items()]
+    g = out["gap"]
+    rows.append(["mean (sd)", *(f"{out['per_method'][m]['mean']:.4f} ({out['per_method'][m]['sd']:.4f})"
+                                for m in methods), f"{g['mean']:+.4f} ({g['sd']:.4f})", "", "", ""])
+    per_seed = Table(f"{metric} per training seed, and {a} minus {b} (paired 95% CI)",
+                     ["seed", *methods, f"{a} - {b}", "paired 95% CI", "verdict", "answers differ"], rows)
+    rows = [[m, pair_name, d["score_a"], d["score_b"], d["difference"], "[{:+.3f}, {:+.3f}]".format(*d["ci95"]),
+             d["answers_differ"]]
+            for m in methods for pair_name, d in out["per_method"][m]["between_seeds"].items()]
+    between = Table(f"One method against itself, trained with two seeds ({metric}, paired 95% CI)",
+                    ["method", "seeds", "score, first", "score, second", "difference", "paired 95% CI",
+                     "answers differ"], rows)
+    return [per_seed, between]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", action="append", required=True, metavar="SEED=DIR",
+                    help="one seed's bench/quality.py work dir (--runs); repeatable, at least two")
+    ap.add_argument("--methods", default="tapper,nonpersonal", help="kept results to read, as result_<method>.json")
+    ap.add_argument("--a", default="tapper")
+    ap.add_argument("--b", default="nonpersonal")
+    ap.add_argument("--label", required=True, help="names the output: results/seed_spread_<label>.*")
+    ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
+    ap.add_argument("--source", choices=list(OTHER_SOURCES), default=None)
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--stage1-users", type=int, default=300)
+    ap.add_argument("--min-profile", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="the user choice's seed, as bench/quality.py had it")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    args.val_users, args.val_latest = 0, False
+    seeds: dict[str, Path] = {}
+    for item in args.runs:
+        seed, sep, folder = item.partition("=")
+        if not sep or not seed or not folder:
+            ap.error(f"--runs {item!r}: expected SEED=DIR")
+        if seed in seeds:
+            ap.error(f"--runs: seed {seed!r} given twice")
+        seeds[seed] = Path(folder)
+    if len(seeds) < 2:
+        ap.error("--runs: give at least two seeds")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in (args.a, args.b):
+        if m not in methods:
+            methods.append(m)
+    target, others = users(args)
+    golds = {q.id: target.gold(q.id) for q in target.questions}
+    answers = {s: {m: load_answers(str(result_file(d, m)), target, others)[1] for m in methods}
+               for s, d in seeds.items()}
+    out = spread(target.task, golds, answers, args.a, args.b, args.seed)
+    g = out["gap"]
+    notes = [f"{args.a} minus {args.b} over {len(seeds)} seeds: mean {g['mean']:+.4f}, range "
+             f"[{g['min']:+.4f}, {g['max']:+.4f}], sd {g['sd']:.4f}; "
+             f"{'the same sign in every seed' if g['same_sign'] else 'the sign changes between seeds'}.",
+             f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
+             + ", ".join(f"seed {s}: {d}" for s, d in seeds.items()) + "."]
+    Result(f"seed_spread_{args.label}", f"Seed spread on {args.label}: {args.a} against {args.b}",
+           {"task": target.task, "users": len(golds), "runs": {s: str(d) for s, d in seeds.items()}, **out},
+           tables(out, methods), notes).write_and_print(args.out)
+
+
+if __name__ == "__main__":
+    main()
