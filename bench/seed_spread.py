@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -36,26 +37,55 @@ def result_file(runs: Path, method: str) -> Path:
     return path
 
 
+def table_seed(path: Path, names: dict[str, str], a: str, b: str, metric: str,
+               golds: dict[str, str]) -> dict[str, Any]:
+    """One seed as a kept table recorded it: names maps a method key to the name its rows carry. The few
+    answers a table keeps per method must be to questions of these users."""
+    try:
+        rows = {r["method"]: r for r in json.loads(path.read_text(encoding="utf-8"))["results"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not a table of bench/quality.py ({err})") from None
+    for key, name in names.items():
+        if name not in rows:
+            raise SystemExit(f"{path}: no row named {name!r} (method {key!r}); its rows: {sorted(rows)}")
+        strangers = sorted(set(rows[name].get("examples", {})) - set(golds))
+        if strangers:
+            raise SystemExit(f"{path}: row {name!r} answers questions these users do not have (e.g. "
+                             f"{strangers[0]!r}): was the table made on other users?")
+    paired = rows[names[a]].get("paired", {}).get(names[b])
+    if paired is None or paired.get("metric") != metric:
+        raise SystemExit(f"{path}: row {names[a]!r} has no {metric} pair with {names[b]!r}")
+    return {"scores": {m: rows[name]["metrics"][metric] for m, name in names.items()},
+            "gap": {"difference": paired["difference"], "ci95": paired["ci95"], "answers_differ": None},
+            "from_table": str(path)}
+
+
 def spread(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[str, str]]], a: str, b: str,
-           boot_seed: int = 0) -> dict[str, Any]:
-    """answers[seed][method] = {question id: answer}. Per seed: every method scored, and a minus b paired; per
-    method: its spread over seeds, and each pair of seeds paired."""
+           boot_seed: int = 0, tabled: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """answers[seed][method] = {question id: answer}; tabled[seed] = table_seed(...) for seeds known only by
+    their table. Per seed: every method scored, and a minus b paired; per method: its spread over seeds, and
+    each pair of answer seeds paired."""
     metric, higher = primary_metric(task)
-    seeds, methods = list(answers), list(next(iter(answers.values())))
+    tabled = tabled or {}
+    methods = list(next(iter(answers.values())))
     per_seed = {}
-    for s in seeds:
+    for s, d in tabled.items():
+        per_seed[s] = {**d, "gap": {**d["gap"], "verdict": verdict(d["gap"]["difference"], d["gap"]["ci95"],
+                                                                   higher)}}
+    for s in answers:
         gap = pair(task, golds, answers[s][a], answers[s][b], boot_seed)
         per_seed[s] = {"scores": {m: evaluate(task, golds, {q: answers[s][m][q] for q in golds})[metric]
                                   for m in methods},
                        "gap": {**gap, "verdict": verdict(gap["difference"], gap["ci95"], higher)}}
     per_method = {}
+    per_seed = dict(sorted(per_seed.items()))
     for m in methods:
-        scores = [per_seed[s]["scores"][m] for s in seeds]
+        scores = [d["scores"][m] for d in per_seed.values()]
         between = {f"{s} vs {t}": pair(task, golds, answers[s][m], answers[t][m], boot_seed)
-                   for s, t in itertools.combinations(seeds, 2)}
+                   for s, t in itertools.combinations(answers, 2)}
         per_method[m] = {"mean": statistics.fmean(scores), "min": min(scores), "max": max(scores),
                          "sd": statistics.stdev(scores), "between_seeds": between}
-    gaps = [per_seed[s]["gap"]["difference"] for s in seeds]
+    gaps = [d["gap"]["difference"] for d in per_seed.values()]
     return {"metric": metric, "higher_is_better": higher, "a": a, "b": b, "per_seed": per_seed,
             "per_method": per_method,
             "gap": {"mean": statistics.fmean(gaps), "min": min(gaps), "max": max(gaps),
@@ -66,7 +96,8 @@ def spread(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[s
 def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
     metric, a, b = out["metric"], out["a"], out["b"]
     rows = [[s, *(d["scores"][m] for m in methods), d["gap"]["difference"],
-             "[{:+.3f}, {:+.3f}]".format(*d["gap"]["ci95"]), d["gap"]["verdict"], d["gap"]["answers_differ"]]
+             "[{:+.3f}, {:+.3f}]".format(*d["gap"]["ci95"]), d["gap"]["verdict"],
+             "(table only)" if d["gap"]["answers_differ"] is None else d["gap"]["answers_differ"]]
             for s, d in out["per_seed"].items()]
     g = out["gap"]
     rows.append(["mean (sd)", *(f"{out['per_method'][m]['mean']:.4f} ({out['per_method'][m]['sd']:.4f})"
@@ -84,8 +115,10 @@ def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", action="append", required=True, metavar="SEED=DIR",
-                    help="one seed's bench/quality.py work dir (--runs); repeatable, at least two")
+    ap.add_argument("--runs", action="append", default=[], metavar="SEED=DIR",
+                    help="one seed's bench/quality.py work dir (--runs); repeatable")
+    ap.add_argument("--table", action="append", default=[], metavar="SEED=FILE",
+                    help="a seed known only by its kept table (results/quality_<label>.json); repeatable")
     ap.add_argument("--methods", default="tapper,nonpersonal", help="kept results to read, as result_<method>.json")
     ap.add_argument("--a", default="tapper")
     ap.add_argument("--b", default="nonpersonal")
@@ -100,15 +133,19 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.val_users, args.val_latest = 0, False
     seeds: dict[str, Path] = {}
-    for item in args.runs:
-        seed, sep, folder = item.partition("=")
-        if not sep or not seed or not folder:
-            ap.error(f"--runs {item!r}: expected SEED=DIR")
-        if seed in seeds:
-            ap.error(f"--runs: seed {seed!r} given twice")
-        seeds[seed] = Path(folder)
-    if len(seeds) < 2:
-        ap.error("--runs: give at least two seeds")
+    tables_of: dict[str, Path] = {}
+    for flag, given, into in (("--runs", args.runs, seeds), ("--table", args.table, tables_of)):
+        for item in given:
+            seed, sep, where = item.partition("=")
+            if not sep or not seed or not where:
+                ap.error(f"{flag} {item!r}: expected SEED={'DIR' if flag == '--runs' else 'FILE'}")
+            if seed in seeds or seed in tables_of:
+                ap.error(f"{flag}: seed {seed!r} given twice")
+            into[seed] = Path(where)
+    if not seeds:
+        ap.error("--runs: give at least one seed's runs dir (the answers)")
+    if len(seeds) + len(tables_of) < 2:
+        ap.error("give at least two seeds (--runs, or --table for a seed whose answers are gone)")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in (args.a, args.b):
         if m not in methods:
@@ -117,15 +154,22 @@ def main(argv: list[str] | None = None) -> None:
     golds = {q.id: target.gold(q.id) for q in target.questions}
     answers = {s: {m: load_answers(str(result_file(d, m)), target, others)[1] for m in methods}
                for s, d in seeds.items()}
-    out = spread(target.task, golds, answers, args.a, args.b, args.seed)
+    first = next(iter(seeds.values()))
+    names = {m: json.loads(result_file(first, m).read_text(encoding="utf-8"))["name"] for m in methods}
+    metric = primary_metric(target.task)[0]
+    tabled = {s: table_seed(f, names, args.a, args.b, metric, golds) for s, f in tables_of.items()}
+    out = spread(target.task, golds, answers, args.a, args.b, args.seed, tabled)
     g = out["gap"]
-    notes = [f"{args.a} minus {args.b} over {len(seeds)} seeds: mean {g['mean']:+.4f}, range "
+    notes = [f"{args.a} minus {args.b} over {len(out['per_seed'])} seeds: mean {g['mean']:+.4f}, range "
              f"[{g['min']:+.4f}, {g['max']:+.4f}], sd {g['sd']:.4f}; "
              f"{'the same sign in every seed' if g['same_sign'] else 'the sign changes between seeds'}.",
              f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
-             + ", ".join(f"seed {s}: {d}" for s, d in seeds.items()) + "."]
+             + ", ".join([*(f"seed {s}: {d}" for s, d in seeds.items()),
+                          *(f"seed {s}: table {f} only (no between-seed pairs)" for s, f in tables_of.items())])
+             + "."]
     Result(f"seed_spread_{args.label}", f"Seed spread on {args.label}: {args.a} against {args.b}",
-           {"task": target.task, "users": len(golds), "runs": {s: str(d) for s, d in seeds.items()}, **out},
+           {"task": target.task, "users": len(golds), "runs": {s: str(d) for s, d in seeds.items()},
+            "tables": {s: str(f) for s, f in tables_of.items()}, **out},
            tables(out, methods), notes).write_and_print(args.out)
 
 

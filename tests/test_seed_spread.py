@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from seed_spread import main, result_file, spread  # noqa: E402
+from seed_spread import main, result_file, spread, table_seed  # noqa: E402
 
 GOLDS = {"q1": "5", "q2": "1", "q3": "3", "q4": "4"}
 
@@ -45,3 +46,42 @@ def test_one_seed_is_refused_before_any_data_is_read(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         main(["--task", "LaMP_3", "--label", "x", "--runs", f"0={tmp_path}", "--runs", f"0={tmp_path}"])
     assert "seed '0' given twice" in capsys.readouterr().err
+
+
+def write_table(path: Path, examples: dict[str, str]) -> Path:
+    path.write_text(json.dumps({"results": [
+        {"method": "TAP-PER", "metrics": {"mae": 0.25}, "examples": examples,
+         "paired": {"control": {"metric": "mae", "difference": -0.5, "ci95": [-1.0, 0.0]}}},
+        {"method": "control", "metrics": {"mae": 0.75}, "examples": {}, "paired": {}},
+    ]}), encoding="utf-8")
+    return path
+
+
+def test_a_seed_known_only_by_its_table_adds_scores_and_gap_but_no_pairs(tmp_path: Path):
+    names = {"tapper": "TAP-PER", "nonpersonal": "control"}
+    tabled = {"0": table_seed(write_table(tmp_path / "t.json", {"q1": "5"}), names, "tapper", "nonpersonal",
+                              "mae", GOLDS)}
+    answers = {"1": {"tapper": {"q1": "5", "q2": "3", "q3": "3", "q4": "4"},       # MAE 0.5
+                     "nonpersonal": {"q1": "5", "q2": "1", "q3": "3", "q4": "4"}}}  # MAE 0
+    out = spread("LaMP_3", GOLDS, answers, "tapper", "nonpersonal", tabled=tabled)
+    assert list(out["per_seed"]) == ["0", "1"]
+    assert out["per_seed"]["0"]["scores"] == {"tapper": 0.25, "nonpersonal": 0.75}
+    assert out["per_seed"]["0"]["gap"]["answers_differ"] is None
+    assert out["gap"]["mean"] == pytest.approx(0.0) and out["gap"]["same_sign"] is False
+    assert out["per_method"]["tapper"]["mean"] == pytest.approx(0.375)
+    assert out["per_method"]["tapper"]["between_seeds"] == {}
+
+
+def test_a_table_of_other_users_or_without_the_method_is_refused(tmp_path: Path):
+    names = {"tapper": "TAP-PER", "nonpersonal": "control"}
+    with pytest.raises(SystemExit, match="answers questions these users do not have"):
+        table_seed(write_table(tmp_path / "t.json", {"q9": "5"}), names, "tapper", "nonpersonal", "mae", GOLDS)
+    with pytest.raises(SystemExit, match="no row named 'PPlug'"):
+        table_seed(write_table(tmp_path / "t.json", {}), {**names, "pplug": "PPlug"}, "tapper", "nonpersonal",
+                   "mae", GOLDS)
+
+
+def test_tables_alone_are_refused(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--task", "LaMP_3", "--label", "x", "--table", f"0={tmp_path}/a.json", "--table", f"1={tmp_path}/b.json"])
+    assert "give at least one seed's runs dir" in capsys.readouterr().err
