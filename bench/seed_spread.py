@@ -2,8 +2,8 @@
 with other seeds (`bench/quality.py --set seed=N`, each seed with its own --runs), read from the kept results.
 
     .venv/bin/python bench/seed_spread.py --task LaMP_3 --source magazine --users 100 \
-        --runs 0=/root/tapper-runs/LaMP_3_magazine --runs 1=/root/tapper-runs/LaMP_3_magazine-seed1 \
-        --label LaMP_3_magazine
+        --table 0=results/quality_LaMP_3_magazine.json --runs 1=/root/tapper-runs/LaMP_3_magazine-seed1 \
+        --runs 2=/root/tapper-runs/LaMP_3_magazine-seed2 --label LaMP_3_magazine
 
 `--set seed` drives every stage (stage 1's data order and LoRA init, stage 2's, the user rows' init), so a
 seed's run is a whole retraining, not a resample of one. For each seed this reports each method's score and
