@@ -24,7 +24,7 @@ from typing import Any
 from common import RESULTS, Result, Table
 from pair_results import load_answers, pair, users
 from quality import OTHER_SOURCES, SOURCES
-from quality_summary import verdict
+from quality_summary import TAPPER, paired_from_notes, verdict
 
 from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
@@ -42,7 +42,8 @@ def table_seed(path: Path, names: dict[str, str], a: str, b: str, metric: str,
     """One seed as a kept table recorded it: names maps a method key to the name its rows carry. The few
     answers a table keeps per method must be to questions of these users."""
     try:
-        rows = {r["method"]: r for r in json.loads(path.read_text(encoding="utf-8"))["results"]}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rows = {r["method"]: r for r in data["results"]}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"{path}: not a table of bench/quality.py ({err})") from None
     for key, name in names.items():
@@ -52,10 +53,15 @@ def table_seed(path: Path, names: dict[str, str], a: str, b: str, metric: str,
         if strangers:
             raise SystemExit(f"{path}: row {name!r} answers questions these users do not have (e.g. "
                              f"{strangers[0]!r}): was the table made on other users?")
+    scores = {m: rows[name]["metrics"][metric] for m, name in names.items()}
     paired = rows[names[a]].get("paired", {}).get(names[b])
-    if paired is None or paired.get("metric") != metric:
-        raise SystemExit(f"{path}: row {names[a]!r} has no {metric} pair with {names[b]!r}")
-    return {"scores": {m: rows[name]["metrics"][metric] for m, name in names.items()},
+    if paired is None and names[a] == TAPPER:  # a table from before rows kept their pairs: its report's notes
+        ci = paired_from_notes(path.with_suffix(".md"), data).get(names[b])
+        paired = ci and {"metric": metric, "difference": scores[a] - scores[b], "ci95": ci}
+    if not paired or paired.get("metric") != metric:
+        raise SystemExit(f"{path}: row {names[a]!r} has no {metric} pair with {names[b]!r} (in the JSON, or "
+                         f"in {path.with_suffix('.md').name}'s notes)")
+    return {"scores": scores,
             "gap": {"difference": paired["difference"], "ci95": paired["ci95"], "answers_differ": None},
             "from_table": str(path)}
 

@@ -85,3 +85,19 @@ def test_tables_alone_are_refused(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         main(["--task", "LaMP_3", "--label", "x", "--table", f"0={tmp_path}/a.json", "--table", f"1={tmp_path}/b.json"])
     assert "give at least one seed's runs dir" in capsys.readouterr().err
+
+
+def test_a_table_from_before_rows_kept_pairs_takes_the_gap_from_its_report_notes(tmp_path: Path):
+    path = tmp_path / "quality_x.json"
+    path.write_text(json.dumps({"task": "LaMP_3", "results": [
+        {"method": "TAP-PER", "metrics": {"mae": 0.25}, "examples": {"q1": "5"}},
+        {"method": "control", "metrics": {"mae": 0.75}, "examples": {}},
+    ]}), encoding="utf-8")
+    names = {"tapper": "TAP-PER", "nonpersonal": "control"}
+    with pytest.raises(SystemExit, match="no mae pair with 'control'"):
+        table_seed(path, names, "tapper", "nonpersonal", "mae", GOLDS)
+    path.with_suffix(".md").write_text(
+        "- TAP-PER vs control: mae 0.2500 vs 0.7500, difference -0.5000 [-0.9000, -0.1000]: better\n",
+        encoding="utf-8")
+    gap = table_seed(path, names, "tapper", "nonpersonal", "mae", GOLDS)["gap"]
+    assert gap["difference"] == pytest.approx(-0.5) and gap["ci95"] == [-0.9, -0.1]
