@@ -9,7 +9,7 @@ with other seeds (`bench/quality.py --set seed=N`, each seed with its own --runs
 seed's run is a whole retraining, not a resample of one. For each seed this reports each method's score and
 the paired difference of `--a` minus `--b` (default TAP-PER minus the same-budget control) with its bootstrap
 CI; across seeds, each method's spread and, for each pair of seeds, how far one method moved between them
-(paired CI, answers changed). Writes results/seed_spread_<label>.{json,md}.
+(paired CI, answers changed). Writes results/seed_spread_<label>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -119,6 +119,30 @@ def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
     return [per_seed, between]
 
 
+def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
+    """Left: each method's score per seed. Right: a minus b per seed with its paired 95% CI, zero dashed."""
+    def draw(fig) -> None:
+        fig.set_size_inches(10, 0.5 * len(out["per_seed"]) + 2)
+        scores, gaps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        seeds = list(out["per_seed"])
+        for i, m in enumerate(methods):
+            scores.plot([out["per_seed"][s]["scores"][m] for s in seeds], range(len(seeds)), "o",
+                        color=("#2a7", "#e80", "#68c", "#999")[i % 4], label=m)
+        for y, s in enumerate(seeds):
+            g = out["per_seed"][s]["gap"]
+            low, high = g["ci95"]
+            gaps.errorbar(g["difference"], y, xerr=[[g["difference"] - low], [high - g["difference"]]], fmt="o",
+                          color="#2a7", capsize=3)
+        gaps.axvline(0, color="#999", ls="--", lw=1)
+        better = "higher" if out["higher_is_better"] else "lower"
+        for ax, title in ((scores, f"{out['metric']} per seed ({better} is better)"),
+                          (gaps, f"{out['a']} minus {out['b']}, paired 95% CI")):
+            ax.set_yticks(range(len(seeds)), [f"seed {s}" for s in seeds], fontsize=8)
+            ax.set_title(f"{label}: {title}", fontsize=9)
+        scores.legend(fontsize=8)
+    return draw
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", action="append", default=[], metavar="SEED=DIR",
@@ -176,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     Result(f"seed_spread_{args.label}", f"Seed spread on {args.label}: {args.a} against {args.b}",
            {"task": target.task, "users": len(golds), "runs": {s: str(d) for s, d in seeds.items()},
             "tables": {s: str(f) for s, f in tables_of.items()}, **out},
-           tables(out, methods), notes).write_and_print(args.out)
+           tables(out, methods), notes).write_and_print(args.out, plot=plot_seeds(out, args.label, methods))
 
 
 if __name__ == "__main__":

@@ -101,3 +101,15 @@ def test_a_table_from_before_rows_kept_pairs_takes_the_gap_from_its_report_notes
         encoding="utf-8")
     gap = table_seed(path, names, "tapper", "nonpersonal", "mae", GOLDS)["gap"]
     assert gap["difference"] == pytest.approx(-0.5) and gap["ci95"] == [-0.9, -0.1]
+
+
+def test_the_plot_draws_every_seed(tmp_path: Path):
+    from seed_spread import plot_seeds
+
+    from tapper.compare.report import save_plot
+
+    answers = {s: {"tapper": {"q1": "5", "q2": a, "q3": "3", "q4": "4"},
+                   "nonpersonal": {"q1": "5", "q2": "1", "q3": "3", "q4": "4"}} for s, a in (("1", "3"), ("2", "2"))}
+    out = spread("LaMP_3", GOLDS, answers, "tapper", "nonpersonal")
+    save_plot(tmp_path / "s.png", plot_seeds(out, "x", ["tapper", "nonpersonal"]))
+    assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
