@@ -24,7 +24,7 @@ from typing import Any
 from common import RESULTS, Result, Table
 from pair_results import load_answers, pair, users
 from quality import OTHER_SOURCES, SOURCES
-from quality_summary import TAPPER, paired_from_notes, verdict
+from quality_summary import TAPPER, SummaryError, load_task, paired_from_notes, verdict
 
 from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
@@ -42,10 +42,10 @@ def table_seed(path: Path, names: dict[str, str], a: str, b: str, metric: str,
     """One seed as a kept table recorded it: names maps a method key to the name its rows carry. The few
     answers a table keeps per method must be to questions of these users."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = {r["method"]: r for r in data["results"]}
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SystemExit(f"{path}: not a table of bench/quality.py ({err})") from None
+        data = load_task(path)
+    except SummaryError as err:
+        raise SystemExit(str(err)) from None
+    rows = {r["method"]: r for r in data["results"]}
     for key, name in names.items():
         if name not in rows:
             raise SystemExit(f"{path}: no row named {name!r} (method {key!r}); its rows: {sorted(rows)}")

@@ -49,10 +49,10 @@ def test_one_seed_is_refused_before_any_data_is_read(tmp_path: Path, capsys):
 
 
 def write_table(path: Path, examples: dict[str, str]) -> Path:
-    path.write_text(json.dumps({"results": [
-        {"method": "TAP-PER", "metrics": {"mae": 0.25}, "examples": examples,
+    path.write_text(json.dumps({"task": "LaMP_3", "results": [
+        {"method": "TAP-PER", "metrics": {"mae": 0.25}, "ci95": {"mae": [0.0, 0.5]}, "examples": examples,
          "paired": {"control": {"metric": "mae", "difference": -0.5, "ci95": [-1.0, 0.0]}}},
-        {"method": "control", "metrics": {"mae": 0.75}, "examples": {}, "paired": {}},
+        {"method": "control", "metrics": {"mae": 0.75}, "ci95": {"mae": [0.5, 1.0]}, "examples": {}, "paired": {}},
     ]}), encoding="utf-8")
     return path
 
@@ -90,8 +90,8 @@ def test_tables_alone_are_refused(tmp_path: Path, capsys):
 def test_a_table_from_before_rows_kept_pairs_takes_the_gap_from_its_report_notes(tmp_path: Path):
     path = tmp_path / "quality_x.json"
     path.write_text(json.dumps({"task": "LaMP_3", "results": [
-        {"method": "TAP-PER", "metrics": {"mae": 0.25}, "examples": {"q1": "5"}},
-        {"method": "control", "metrics": {"mae": 0.75}, "examples": {}},
+        {"method": "TAP-PER", "metrics": {"mae": 0.25}, "ci95": {"mae": [0.0, 0.5]}, "examples": {"q1": "5"}},
+        {"method": "control", "metrics": {"mae": 0.75}, "ci95": {"mae": [0.5, 1.0]}, "examples": {}},
     ]}), encoding="utf-8")
     names = {"tapper": "TAP-PER", "nonpersonal": "control"}
     with pytest.raises(SystemExit, match="no mae pair with 'control'"):
