@@ -37,6 +37,32 @@ def result_file(runs: Path, method: str) -> Path:
     return path
 
 
+def recorded_settings(path: Path) -> dict[str, Any] | None:
+    """The settings a kept result was made with (`settings_read`, recorded since it was added to the runner);
+    None for an older result, which keeps only their hash."""
+    return json.loads(path.read_text(encoding="utf-8")).get("settings_read")
+
+
+def table_settings(path: Path) -> dict[str, Any]:
+    """What a kept table says its run was made with: its model and training configs."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {**data.get("model_config", {}), **data.get("train_config", {})}
+
+
+def check_same_settings(settings: dict[str, dict[str, Any] | None]) -> list[str]:
+    """settings[where] = what one seed's result (or table) was made with, or None where not recorded. Every
+    recorded pair must agree on the keys both hold, `seed` apart: otherwise the spread is a settings change,
+    not a seed's, and this stops naming the key. Returns the places that could not be checked."""
+    known = {w: {k: v for k, v in s.items() if k != "seed"} for w, s in settings.items() if s is not None}
+    for (w1, s1), (w2, s2) in itertools.combinations(known.items(), 2):
+        differ = sorted(k for k in s1.keys() & s2.keys() if s1[k] != s2[k])
+        if differ:
+            shown = "; ".join(f"{k}={s1[k]!r} in {w1}, {s2[k]!r} in {w2}" for k in differ)
+            raise SystemExit(f"not the same settings apart from the seed: {shown}. Their spread would mix a "
+                             "settings change with the seed's; rerun with the same --set")
+    return sorted(w for w, s in settings.items() if s is None)
+
+
 def table_seed(path: Path, names: dict[str, str], a: str, b: str, metric: str,
                golds: dict[str, str]) -> dict[str, Any]:
     """One seed as a kept table recorded it: names maps a method key to the name its rows carry. The few
@@ -184,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     golds = {q.id: target.gold(q.id) for q in target.questions}
     answers = {s: {m: load_answers(str(result_file(d, m)), target, others)[1] for m in methods}
                for s, d in seeds.items()}
+    unchecked = check_same_settings({
+        **{f"{result_file(d, m)}": recorded_settings(result_file(d, m)) for s, d in seeds.items() for m in methods},
+        **{f"{f}": table_settings(f) for f in tables_of.values()}})
     first = next(iter(seeds.values()))
     names = {m: json.loads(result_file(first, m).read_text(encoding="utf-8"))["name"] for m in methods}
     metric = primary_metric(target.task)[0]
@@ -196,7 +225,10 @@ def main(argv: list[str] | None = None) -> None:
              f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
              + ", ".join([*(f"seed {s}: {d}" for s, d in seeds.items()),
                           *(f"seed {s}: table {f} only (no between-seed pairs)" for s, f in tables_of.items())])
-             + "."]
+             + ".",
+             "Settings, apart from the seed: the same in every seed where recorded"
+             + (f"; not recorded (kept before results recorded them), so not checked: {', '.join(unchecked)}."
+                if unchecked else ".")]
     Result(f"seed_spread_{args.label}", f"Seed spread on {args.label}: {args.a} against {args.b}",
            {"task": target.task, "users": len(golds), "runs": {s: str(d) for s, d in seeds.items()},
             "tables": {s: str(f) for s, f in tables_of.items()}, **out},

@@ -213,6 +213,9 @@ def test_a_sweep_point_takes_only_the_results_whose_settings_it_shares(tmp_path:
     first = Runner(tmp_path / "val-latest-a", False, {"user_lr": 1e-3, "seed": 0})
     first.get("nonpersonal", lambda: result("control"))
     first.get("tapper", lambda: result("tapper at 1e-3"))
+    kept = {k: json.loads((tmp_path / "val-latest-a" / f"result_{k}.json").read_text())["settings_read"]
+            for k in ("nonpersonal", "tapper")}
+    assert kept == {"nonpersonal": {"seed": 0}, "tapper": {"user_lr": 1e-3, "seed": 0}}  # what each one reads
     ran: list[str] = []
 
     def make(name: str):

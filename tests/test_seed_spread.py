@@ -113,3 +113,24 @@ def test_the_plot_draws_every_seed(tmp_path: Path):
     out = spread("LaMP_3", GOLDS, answers, "tapper", "nonpersonal")
     save_plot(tmp_path / "s.png", plot_seeds(out, "x", ["tapper", "nonpersonal"]))
     assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_seeds_made_with_other_settings_are_refused_naming_the_setting(tmp_path: Path):
+    from seed_spread import check_same_settings, recorded_settings, table_settings
+
+    run = {"seed": 1, "stage1_history_pairs": 0, "user_lr": 0.003}
+    assert check_same_settings({"a": run, "b": {**run, "seed": 2}, "c": None}) == ["c"]  # the seed may differ
+    with pytest.raises(SystemExit, match=r"stage1_history_pairs=0 in a, 4 in b"):
+        check_same_settings({"a": run, "b": {**run, "seed": 2, "stage1_history_pairs": 4}})
+    # a table's configs count too; keys one side lacks (a control reads no user_lr) are not compared
+    table = tmp_path / "quality_LaMP_2N.json"
+    table.write_text(json.dumps({"model_config": {"prefix_len": 8},
+                                 "train_config": {"seed": 0, "stage1_history_pairs": 4}}), encoding="utf-8")
+    assert table_settings(table) == {"prefix_len": 8, "seed": 0, "stage1_history_pairs": 4}
+    control = {"seed": 1, "stage1_history_pairs": 4}
+    assert check_same_settings({"t": table_settings(table), "r": control}) == []
+    with pytest.raises(SystemExit, match="stage1_history_pairs"):
+        check_same_settings({"t": table_settings(table), "r": run})
+    kept = tmp_path / "result_tapper.json"
+    kept.write_text(json.dumps({"name": "TAP-PER", "settings": "abc"}), encoding="utf-8")
+    assert recorded_settings(kept) is None  # kept before results recorded their settings

@@ -42,14 +42,18 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def method_fingerprint(key: str, settings: dict) -> str:
+def method_settings(key: str, settings: dict) -> dict:
+    """The settings that method `key` reads: what its kept result is tagged with, and records."""
     ignored = set() if key.startswith("onboard") else set(ONBOARD_KEYS)
     if key in WITHOUT_PREFIX:
         ignored |= {*USER_STATE_KEYS, *PREFIX_KEYS}
     elif key == "no-pu":
         ignored |= set(USER_STATE_KEYS)
-    settings = {k: v for k, v in settings.items() if k not in ignored}
-    return fingerprint(settings)
+    return {k: v for k, v in settings.items() if k not in ignored}
+
+
+def method_fingerprint(key: str, settings: dict) -> str:
+    return fingerprint(method_settings(key, settings))
 
 
 def _kept(path: Path) -> dict | None:
@@ -80,20 +84,26 @@ class Runner:
     def get(self, key: str, make: Callable[[], VariantResult]) -> VariantResult:
         path = self.runs / f"result_{key}.json"
         tag = method_fingerprint(key, self.settings)
+        # the settings themselves, beside their tag: readers (bench/seed_spread.py) can say what differs
+        record = {"settings": tag, "settings_read": json.loads(json.dumps(method_settings(key, self.settings),
+                                                                          default=str))}
         if path.exists() and not self.fresh:
             kept = json.loads(path.read_text(encoding="utf-8"))
+            kept.pop("settings_read", None)
             if kept.pop("settings", None) in (tag, fingerprint(self.settings)):
                 print(f"[{key}] reusing {path}", flush=True)
-                atomic_write_text(path, json.dumps({**kept, "settings": tag}, ensure_ascii=False) + "\n")
+                atomic_write_text(path, json.dumps({**kept, **record}, ensure_ascii=False) + "\n")
                 self.reused.append(key)
                 return VariantResult(**kept)
             print(f"[{key}] {path} was made with other settings: running again", flush=True)
         for other in [] if self.fresh else self.shared:
             kept = _kept(other / path.name)
+            if kept is not None:
+                kept.pop("settings_read", None)
             if kept is not None and kept.pop("settings", None) == tag:
                 print(f"[{key}] reusing {other / path.name} (a sweep point whose settings it does not read)",
                       flush=True)
-                atomic_write_text(path, json.dumps({**kept, "settings": tag}, ensure_ascii=False) + "\n")
+                atomic_write_text(path, json.dumps({**kept, **record}, ensure_ascii=False) + "\n")
                 self.reused.append(key)
                 return VariantResult(**kept)
         print(f"[{key}] running", flush=True)
@@ -102,7 +112,7 @@ class Runner:
         self.models[key] = result.model
         result.model = None  # the result is kept as numbers; the trained model only as long as it is needed
         kept = {k: v for k, v in asdict(result).items() if k != "model"}
-        atomic_write_text(path, json.dumps({**kept, "settings": tag}, ensure_ascii=False) + "\n")
+        atomic_write_text(path, json.dumps({**kept, **record}, ensure_ascii=False) + "\n")
         self.ran.append(key)
         print(f"[{key}] {result.name}: {result.metrics} ({time.perf_counter() - began:.0f} s)", flush=True)
         return result
