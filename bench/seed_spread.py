@@ -7,9 +7,10 @@ with other seeds (`bench/quality.py --set seed=N`, each seed with its own --runs
 
 `--set seed` drives every stage (stage 1's data order and LoRA init, stage 2's, the user rows' init), so a
 seed's run is a whole retraining, not a resample of one. For each seed this reports each method's score and
-the paired difference of `--a` minus `--b` (default TAP-PER minus the same-budget control) with its bootstrap
-CI; across seeds, each method's spread and, for each pair of seeds, how far one method moved between them
-(paired CI, answers changed). Writes results/seed_spread_<label>.{json,md,png}.
+the paired difference of `--a` minus each `--b` (default TAP-PER minus the same-budget control; repeat --b for
+several opponents, e.g. `--b nonpersonal --b oppu --b pplug`) with its bootstrap CI; across seeds, each
+method's spread and, for each pair of seeds, how far one method moved between them (paired CI, answers
+changed). Writes results/seed_spread_<label>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def check_same_settings(settings: dict[str, dict[str, Any] | None]) -> list[str]
     return sorted(w for w, s in settings.items() if s is None)
 
 
-def table_seed(path: Path, names: dict[str, str], a: str, b: str, metric: str,
+def table_seed(path: Path, names: dict[str, str], a: str, bs: list[str], metric: str,
                golds: dict[str, str]) -> dict[str, Any]:
     """One seed as a kept table recorded it: names maps a method key to the name its rows carry. The few
     answers a table keeps per method must be to questions of these users."""
@@ -80,35 +81,36 @@ def table_seed(path: Path, names: dict[str, str], a: str, b: str, metric: str,
             raise SystemExit(f"{path}: row {name!r} answers questions these users do not have (e.g. "
                              f"{strangers[0]!r}): was the table made on other users?")
     scores = {m: rows[name]["metrics"][metric] for m, name in names.items()}
-    paired = rows[names[a]].get("paired", {}).get(names[b])
-    if paired is None and names[a] == TAPPER:  # a table from before rows kept their pairs: its report's notes
-        ci = paired_from_notes(path.with_suffix(".md"), data).get(names[b])
-        paired = ci and {"metric": metric, "difference": scores[a] - scores[b], "ci95": ci}
-    if not paired or paired.get("metric") != metric:
-        raise SystemExit(f"{path}: row {names[a]!r} has no {metric} pair with {names[b]!r} (in the JSON, or "
-                         f"in {path.with_suffix('.md').name}'s notes)")
-    return {"scores": scores,
-            "gap": {"difference": paired["difference"], "ci95": paired["ci95"], "answers_differ": None},
-            "from_table": str(path)}
+    gaps = {}
+    for b in bs:
+        paired = rows[names[a]].get("paired", {}).get(names[b])
+        if paired is None and names[a] == TAPPER:  # a table from before rows kept their pairs: its report's notes
+            ci = paired_from_notes(path.with_suffix(".md"), data).get(names[b])
+            paired = ci and {"metric": metric, "difference": scores[a] - scores[b], "ci95": ci}
+        if not paired or paired.get("metric") != metric:
+            raise SystemExit(f"{path}: row {names[a]!r} has no {metric} pair with {names[b]!r} (in the JSON, or "
+                             f"in {path.with_suffix('.md').name}'s notes)")
+        gaps[b] = {"difference": paired["difference"], "ci95": paired["ci95"], "answers_differ": None}
+    return {"scores": scores, "gaps": gaps, "from_table": str(path)}
 
 
-def spread(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[str, str]]], a: str, b: str,
-           boot_seed: int = 0, tabled: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def spread(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[str, str]]], a: str,
+           bs: list[str], boot_seed: int = 0, tabled: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """answers[seed][method] = {question id: answer}; tabled[seed] = table_seed(...) for seeds known only by
-    their table. Per seed: every method scored, and a minus b paired; per method: its spread over seeds, and
-    each pair of answer seeds paired."""
+    their table. Per seed: every method scored, and a minus each b paired; per method: its spread over seeds,
+    and each pair of answer seeds paired; per b: the gap's spread over seeds."""
     metric, higher = primary_metric(task)
     tabled = tabled or {}
     methods = list(next(iter(answers.values())))
-    per_seed = {}
-    for s, d in tabled.items():
-        per_seed[s] = {**d, "gap": {**d["gap"], "verdict": verdict(d["gap"]["difference"], d["gap"]["ci95"],
-                                                                   higher)}}
+
+    def judged(gap: dict[str, Any]) -> dict[str, Any]:
+        return {**gap, "verdict": verdict(gap["difference"], gap["ci95"], higher)}
+
+    per_seed = {s: {**d, "gaps": {b: judged(g) for b, g in d["gaps"].items()}} for s, d in tabled.items()}
     for s in answers:
-        gap = pair(task, golds, answers[s][a], answers[s][b], boot_seed)
         per_seed[s] = {"scores": {m: evaluate(task, golds, {q: answers[s][m][q] for q in golds})[metric]
                                   for m in methods},
-                       "gap": {**gap, "verdict": verdict(gap["difference"], gap["ci95"], higher)}}
+                       "gaps": {b: judged(pair(task, golds, answers[s][a], answers[s][b], boot_seed)) for b in bs}}
     per_method = {}
     per_seed = dict(sorted(per_seed.items()))
     for m in methods:
@@ -117,25 +119,33 @@ def spread(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[s
                    for s, t in itertools.combinations(answers, 2)}
         per_method[m] = {"mean": statistics.fmean(scores), "min": min(scores), "max": max(scores),
                          "sd": statistics.stdev(scores), "between_seeds": between}
-    gaps = [d["gap"]["difference"] for d in per_seed.values()]
-    return {"metric": metric, "higher_is_better": higher, "a": a, "b": b, "per_seed": per_seed,
-            "per_method": per_method,
-            "gap": {"mean": statistics.fmean(gaps), "min": min(gaps), "max": max(gaps),
-                    "sd": statistics.stdev(gaps),
-                    "same_sign": all(g > 0 for g in gaps) or all(g < 0 for g in gaps)}}
+    gaps = {}
+    for b in bs:
+        diffs = [d["gaps"][b]["difference"] for d in per_seed.values()]
+        verdicts = [d["gaps"][b]["verdict"] for d in per_seed.values()]
+        gaps[b] = {"mean": statistics.fmean(diffs), "min": min(diffs), "max": max(diffs),
+                   "sd": statistics.stdev(diffs),
+                   "same_sign": all(g > 0 for g in diffs) or all(g < 0 for g in diffs),
+                   "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}}
+    return {"metric": metric, "higher_is_better": higher, "a": a, "bs": bs, "per_seed": per_seed,
+            "per_method": per_method, "gaps": gaps}
+
+
+def gap_cell(g: dict[str, Any]) -> str:
+    differ = "table only" if g["answers_differ"] is None else f"{g['answers_differ']} answers differ"
+    return "{:+.3f} [{:+.3f}, {:+.3f}] {} ({})".format(g["difference"], *g["ci95"], g["verdict"], differ)
 
 
 def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
-    metric, a, b = out["metric"], out["a"], out["b"]
-    rows = [[s, *(d["scores"][m] for m in methods), d["gap"]["difference"],
-             "[{:+.3f}, {:+.3f}]".format(*d["gap"]["ci95"]), d["gap"]["verdict"],
-             "(table only)" if d["gap"]["answers_differ"] is None else d["gap"]["answers_differ"]]
+    metric, a, bs = out["metric"], out["a"], out["bs"]
+    rows = [[s, *(d["scores"][m] for m in methods), *(gap_cell(d["gaps"][b]) for b in bs)]
             for s, d in out["per_seed"].items()]
-    g = out["gap"]
     rows.append(["mean (sd)", *(f"{out['per_method'][m]['mean']:.4f} ({out['per_method'][m]['sd']:.4f})"
-                                for m in methods), f"{g['mean']:+.4f} ({g['sd']:.4f})", "", "", ""])
-    per_seed = Table(f"{metric} per training seed, and {a} minus {b} (paired 95% CI)",
-                     ["seed", *methods, f"{a} - {b}", "paired 95% CI", "verdict", "answers differ"], rows)
+                                for m in methods),
+                 *(f"{out['gaps'][b]['mean']:+.4f} ({out['gaps'][b]['sd']:.4f}); "
+                   + ", ".join(f"{v} {n}" for v, n in out["gaps"][b]["verdicts"].items()) for b in bs)])
+    per_seed = Table(f"{metric} per training seed, and {a} minus each opponent (paired 95% CI, verdict)",
+                     ["seed", *methods, *(f"{a} - {b}" for b in bs)], rows)
     rows = [[m, pair_name, d["score_a"], d["score_b"], d["difference"], "[{:+.3f}, {:+.3f}]".format(*d["ci95"]),
              d["answers_differ"]]
             for m in methods for pair_name, d in out["per_method"][m]["between_seeds"].items()]
@@ -146,7 +156,7 @@ def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
 
 
 def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
-    """Left: each method's score per seed. Right: a minus b per seed with its paired 95% CI, zero dashed."""
+    """Left: each method's score per seed. Right: a minus each b per seed with its paired 95% CI, zero dashed."""
     def draw(fig) -> None:
         fig.set_size_inches(10, 0.5 * len(out["per_seed"]) + 2)
         scores, gaps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -154,18 +164,23 @@ def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
         for i, m in enumerate(methods):
             scores.plot([out["per_seed"][s]["scores"][m] for s in seeds], range(len(seeds)), "o",
                         color=("#2a7", "#e80", "#68c", "#999")[i % 4], label=m)
-        for y, s in enumerate(seeds):
-            g = out["per_seed"][s]["gap"]
-            low, high = g["ci95"]
-            gaps.errorbar(g["difference"], y, xerr=[[g["difference"] - low], [high - g["difference"]]], fmt="o",
-                          color="#2a7", capsize=3)
+        bs = out["bs"]
+        for j, b in enumerate(bs):
+            for y, s in enumerate(seeds):
+                g = out["per_seed"][s]["gaps"][b]
+                low, high = g["ci95"]
+                gaps.errorbar(g["difference"], y + 0.6 * (j - (len(bs) - 1) / 2) / len(bs),
+                              xerr=[[g["difference"] - low], [high - g["difference"]]], fmt="o",
+                              color=("#e80", "#68c", "#c4a", "#999")[j % 4], capsize=3,
+                              label=f"minus {b}" if y == 0 else None)
         gaps.axvline(0, color="#999", ls="--", lw=1)
         better = "higher" if out["higher_is_better"] else "lower"
         for ax, title in ((scores, f"{out['metric']} per seed ({better} is better)"),
-                          (gaps, f"{out['a']} minus {out['b']}, paired 95% CI")):
+                          (gaps, f"{out['a']} minus each, paired 95% CI")):
             ax.set_yticks(range(len(seeds)), [f"seed {s}" for s in seeds], fontsize=8)
             ax.set_title(f"{label}: {title}", fontsize=9)
         scores.legend(fontsize=8)
+        gaps.legend(fontsize=8)
     return draw
 
 
@@ -177,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="a seed known only by its kept table (results/quality_<label>.json); repeatable")
     ap.add_argument("--methods", default="tapper,nonpersonal", help="kept results to read, as result_<method>.json")
     ap.add_argument("--a", default="tapper")
-    ap.add_argument("--b", default="nonpersonal")
+    ap.add_argument("--b", action="append", default=[],
+                    help="an opponent of --a (default nonpersonal, the same-budget control); repeatable")
     ap.add_argument("--label", required=True, help="names the output: results/seed_spread_<label>.*")
     ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
     ap.add_argument("--source", choices=list(OTHER_SOURCES), default=None)
@@ -202,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--runs: give at least one seed's runs dir (the answers)")
     if len(seeds) + len(tables_of) < 2:
         ap.error("give at least two seeds (--runs, or --table for a seed whose answers are gone)")
+    bs = args.b or ["nonpersonal"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for m in (args.a, args.b):
+    for m in (args.a, *bs):
         if m not in methods:
             methods.append(m)
     target, others = users(args)
@@ -216,20 +233,21 @@ def main(argv: list[str] | None = None) -> None:
     first = next(iter(seeds.values()))
     names = {m: json.loads(result_file(first, m).read_text(encoding="utf-8"))["name"] for m in methods}
     metric = primary_metric(target.task)[0]
-    tabled = {s: table_seed(f, names, args.a, args.b, metric, golds) for s, f in tables_of.items()}
-    out = spread(target.task, golds, answers, args.a, args.b, args.seed, tabled)
-    g = out["gap"]
-    notes = [f"{args.a} minus {args.b} over {len(out['per_seed'])} seeds: mean {g['mean']:+.4f}, range "
+    tabled = {s: table_seed(f, names, args.a, bs, metric, golds) for s, f in tables_of.items()}
+    out = spread(target.task, golds, answers, args.a, bs, args.seed, tabled)
+    notes = [f"{args.a} minus {b} over {len(out['per_seed'])} seeds: mean {g['mean']:+.4f}, range "
              f"[{g['min']:+.4f}, {g['max']:+.4f}], sd {g['sd']:.4f}; "
-             f"{'the same sign in every seed' if g['same_sign'] else 'the sign changes between seeds'}.",
-             f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
-             + ", ".join([*(f"seed {s}: {d}" for s, d in seeds.items()),
-                          *(f"seed {s}: table {f} only (no between-seed pairs)" for s, f in tables_of.items())])
-             + ".",
-             "Settings, apart from the seed: the same in every seed where recorded"
-             + (f"; not recorded (kept before results recorded them), so not checked: {', '.join(unchecked)}."
-                if unchecked else ".")]
-    Result(f"seed_spread_{args.label}", f"Seed spread on {args.label}: {args.a} against {args.b}",
+             f"{'the same sign in every seed' if g['same_sign'] else 'the sign changes between seeds'}; "
+             + ", ".join(f"{v} in {n}" for v, n in g["verdicts"].items()) + "."
+             for b, g in out["gaps"].items()]
+    notes += [f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
+              + ", ".join([*(f"seed {s}: {d}" for s, d in seeds.items()),
+                           *(f"seed {s}: table {f} only (no between-seed pairs)" for s, f in tables_of.items())])
+              + ".",
+              "Settings, apart from the seed: the same in every seed where recorded"
+              + (f"; not recorded (kept before results recorded them), so not checked: {', '.join(unchecked)}."
+                 if unchecked else ".")]
+    Result(f"seed_spread_{args.label}", f"Seed spread on {args.label}: {args.a} against {', '.join(bs)}",
            {"task": target.task, "users": len(golds), "runs": {s: str(d) for s, d in seeds.items()},
             "tables": {s: str(f) for s, f in tables_of.items()}, **out},
            tables(out, methods), notes).write_and_print(args.out, plot=plot_seeds(out, args.label, methods))

@@ -22,12 +22,13 @@ def test_spread_pairs_a_with_b_in_each_seed_and_each_method_across_seeds():
         "1": {"tapper": {"q1": "5", "q2": "3", "q3": "3", "q4": "4"},      # MAE 0.5
               "nonpersonal": {"q1": "5", "q2": "1", "q3": "3", "q4": "4"}},  # MAE 0
     }
-    out = spread("LaMP_3", GOLDS, answers, "tapper", "nonpersonal")
+    out = spread("LaMP_3", GOLDS, answers, "tapper", ["nonpersonal"])
     assert out["metric"] == "mae" and out["higher_is_better"] is False
     assert out["per_seed"]["0"]["scores"] == {"tapper": 0.0, "nonpersonal": 1.0}
-    assert out["per_seed"]["0"]["gap"]["difference"] == pytest.approx(-1.0)
-    assert out["per_seed"]["1"]["gap"]["difference"] == pytest.approx(0.5)
-    assert out["gap"]["mean"] == pytest.approx(-0.25) and out["gap"]["same_sign"] is False
+    assert out["per_seed"]["0"]["gaps"]["nonpersonal"]["difference"] == pytest.approx(-1.0)
+    assert out["per_seed"]["1"]["gaps"]["nonpersonal"]["difference"] == pytest.approx(0.5)
+    gap = out["gaps"]["nonpersonal"]
+    assert gap["mean"] == pytest.approx(-0.25) and gap["same_sign"] is False
     tapper = out["per_method"]["tapper"]
     assert (tapper["min"], tapper["max"], tapper["mean"]) == (0.0, 0.5, 0.25)
     between = tapper["between_seeds"]["0 vs 1"]
@@ -59,15 +60,16 @@ def write_table(path: Path, examples: dict[str, str]) -> Path:
 
 def test_a_seed_known_only_by_its_table_adds_scores_and_gap_but_no_pairs(tmp_path: Path):
     names = {"tapper": "TAP-PER", "nonpersonal": "control"}
-    tabled = {"0": table_seed(write_table(tmp_path / "t.json", {"q1": "5"}), names, "tapper", "nonpersonal",
+    tabled = {"0": table_seed(write_table(tmp_path / "t.json", {"q1": "5"}), names, "tapper", ["nonpersonal"],
                               "mae", GOLDS)}
     answers = {"1": {"tapper": {"q1": "5", "q2": "3", "q3": "3", "q4": "4"},       # MAE 0.5
                      "nonpersonal": {"q1": "5", "q2": "1", "q3": "3", "q4": "4"}}}  # MAE 0
-    out = spread("LaMP_3", GOLDS, answers, "tapper", "nonpersonal", tabled=tabled)
+    out = spread("LaMP_3", GOLDS, answers, "tapper", ["nonpersonal"], tabled=tabled)
     assert list(out["per_seed"]) == ["0", "1"]
     assert out["per_seed"]["0"]["scores"] == {"tapper": 0.25, "nonpersonal": 0.75}
-    assert out["per_seed"]["0"]["gap"]["answers_differ"] is None
-    assert out["gap"]["mean"] == pytest.approx(0.0) and out["gap"]["same_sign"] is False
+    assert out["per_seed"]["0"]["gaps"]["nonpersonal"]["answers_differ"] is None
+    gap = out["gaps"]["nonpersonal"]
+    assert gap["mean"] == pytest.approx(0.0) and gap["same_sign"] is False
     assert out["per_method"]["tapper"]["mean"] == pytest.approx(0.375)
     assert out["per_method"]["tapper"]["between_seeds"] == {}
 
@@ -75,9 +77,9 @@ def test_a_seed_known_only_by_its_table_adds_scores_and_gap_but_no_pairs(tmp_pat
 def test_a_table_of_other_users_or_without_the_method_is_refused(tmp_path: Path):
     names = {"tapper": "TAP-PER", "nonpersonal": "control"}
     with pytest.raises(SystemExit, match="answers questions these users do not have"):
-        table_seed(write_table(tmp_path / "t.json", {"q9": "5"}), names, "tapper", "nonpersonal", "mae", GOLDS)
+        table_seed(write_table(tmp_path / "t.json", {"q9": "5"}), names, "tapper", ["nonpersonal"], "mae", GOLDS)
     with pytest.raises(SystemExit, match="no row named 'PPlug'"):
-        table_seed(write_table(tmp_path / "t.json", {}), {**names, "pplug": "PPlug"}, "tapper", "nonpersonal",
+        table_seed(write_table(tmp_path / "t.json", {}), {**names, "pplug": "PPlug"}, "tapper", ["nonpersonal"],
                    "mae", GOLDS)
 
 
@@ -95,11 +97,11 @@ def test_a_table_from_before_rows_kept_pairs_takes_the_gap_from_its_report_notes
     ]}), encoding="utf-8")
     names = {"tapper": "TAP-PER", "nonpersonal": "control"}
     with pytest.raises(SystemExit, match="no mae pair with 'control'"):
-        table_seed(path, names, "tapper", "nonpersonal", "mae", GOLDS)
+        table_seed(path, names, "tapper", ["nonpersonal"], "mae", GOLDS)
     path.with_suffix(".md").write_text(
         "- TAP-PER vs control: mae 0.2500 vs 0.7500, difference -0.5000 [-0.9000, -0.1000]: better\n",
         encoding="utf-8")
-    gap = table_seed(path, names, "tapper", "nonpersonal", "mae", GOLDS)["gap"]
+    gap = table_seed(path, names, "tapper", ["nonpersonal"], "mae", GOLDS)["gaps"]["nonpersonal"]
     assert gap["difference"] == pytest.approx(-0.5) and gap["ci95"] == [-0.9, -0.1]
 
 
@@ -110,7 +112,7 @@ def test_the_plot_draws_every_seed(tmp_path: Path):
 
     answers = {s: {"tapper": {"q1": "5", "q2": a, "q3": "3", "q4": "4"},
                    "nonpersonal": {"q1": "5", "q2": "1", "q3": "3", "q4": "4"}} for s, a in (("1", "3"), ("2", "2"))}
-    out = spread("LaMP_3", GOLDS, answers, "tapper", "nonpersonal")
+    out = spread("LaMP_3", GOLDS, answers, "tapper", ["nonpersonal"])
     save_plot(tmp_path / "s.png", plot_seeds(out, "x", ["tapper", "nonpersonal"]))
     assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
 
@@ -134,3 +136,22 @@ def test_seeds_made_with_other_settings_are_refused_naming_the_setting(tmp_path:
     kept = tmp_path / "result_tapper.json"
     kept.write_text(json.dumps({"name": "TAP-PER", "settings": "abc"}), encoding="utf-8")
     assert recorded_settings(kept) is None  # kept before results recorded their settings
+
+
+def test_several_opponents_each_get_a_gap_per_seed_and_a_verdict_count():
+    from seed_spread import tables
+
+    best = {"q1": "5", "q2": "1", "q3": "3", "q4": "4"}
+    answers = {s: {"tapper": best,
+                   "nonpersonal": {**best, "q1": "1", "q2": "5", "q3": "5"},  # MAE 10/4 in both seeds
+                   "oppu": {**best, "q2": worse}}
+               for s, worse in (("1", "1"), ("2", "2"))}
+    out = spread("LaMP_3", GOLDS, answers, "tapper", ["nonpersonal", "oppu"])
+    assert out["bs"] == ["nonpersonal", "oppu"]
+    assert [out["per_seed"][s]["gaps"]["nonpersonal"]["difference"] for s in "12"] == [-2.5, -2.5]
+    assert [out["per_seed"][s]["gaps"]["oppu"]["difference"] for s in "12"] == [0.0, -0.25]
+    assert out["gaps"]["nonpersonal"]["verdicts"] == {"ahead": 2}
+    assert out["gaps"]["oppu"]["same_sign"] is False and out["gaps"]["oppu"]["mean"] == pytest.approx(-0.125)
+    per_seed = tables(out, ["tapper", "nonpersonal", "oppu"])[0]
+    assert per_seed.columns[-2:] == ["tapper - nonpersonal", "tapper - oppu"]
+    assert per_seed.rows[0][-1].startswith("+0.000 [+0.000, +0.000] tie (0 answers differ)")
