@@ -11,6 +11,11 @@ the paired difference of `--a` minus each `--b` (default TAP-PER minus the same-
 several opponents, e.g. `--b nonpersonal --b oppu --b pplug`) with its bootstrap CI; across seeds, each
 method's spread and, for each pair of seeds, how far one method moved between them (paired CI, answers
 changed). Writes results/seed_spread_<label>.{json,md,png}.
+
+The seeds must differ in nothing else. Kept results record the settings they read (since 8d6835c), and a seed's
+own table (`--table` beside its `--runs`: the table that run wrote to its --out) records its configs; a
+difference apart from the seed stops the report, naming the setting. What neither records is listed as not
+checked.
 """
 
 from __future__ import annotations
@@ -44,9 +49,13 @@ def recorded_settings(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")).get("settings_read")
 
 
-def table_settings(path: Path) -> dict[str, Any]:
-    """What a kept table says its run was made with: its model and training configs."""
+def table_settings(path: Path, runs: Path | None = None) -> dict[str, Any]:
+    """What a kept table says its run was made with: its model and training configs. `runs`: the runs dir the
+    table is given for, which must be the one it was made from."""
     data = json.loads(path.read_text(encoding="utf-8"))
+    made_from = data.get("runs")
+    if runs is not None and made_from and Path(made_from).resolve() != runs.resolve():
+        raise SystemExit(f"{path}: made from the runs dir {made_from}, not {runs}")
     return {**data.get("model_config", {}), **data.get("train_config", {})}
 
 
@@ -189,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", action="append", default=[], metavar="SEED=DIR",
                     help="one seed's bench/quality.py work dir (--runs); repeatable")
     ap.add_argument("--table", action="append", default=[], metavar="SEED=FILE",
-                    help="a seed known only by its kept table (results/quality_<label>.json); repeatable")
+                    help="a seed known only by its kept table (results/quality_<label>.json); with --runs for the "
+                         "same seed, that run's own table (its --out): its settings are checked against the "
+                         "others'; repeatable")
     ap.add_argument("--methods", default="tapper,nonpersonal", help="kept results to read, as result_<method>.json")
     ap.add_argument("--a", default="tapper")
     ap.add_argument("--b", action="append", default=[],
@@ -211,12 +222,12 @@ def main(argv: list[str] | None = None) -> None:
             seed, sep, where = item.partition("=")
             if not sep or not seed or not where:
                 ap.error(f"{flag} {item!r}: expected SEED={'DIR' if flag == '--runs' else 'FILE'}")
-            if seed in seeds or seed in tables_of:
+            if seed in into:
                 ap.error(f"{flag}: seed {seed!r} given twice")
             into[seed] = Path(where)
     if not seeds:
         ap.error("--runs: give at least one seed's runs dir (the answers)")
-    if len(seeds) + len(tables_of) < 2:
+    if len(seeds.keys() | tables_of.keys()) < 2:
         ap.error("give at least two seeds (--runs, or --table for a seed whose answers are gone)")
     bs = args.b or ["nonpersonal"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -227,13 +238,17 @@ def main(argv: list[str] | None = None) -> None:
     golds = {q.id: target.gold(q.id) for q in target.questions}
     answers = {s: {m: load_answers(str(result_file(d, m)), target, others)[1] for m in methods}
                for s, d in seeds.items()}
+    recorded = {f"{result_file(d, m)}": (s, recorded_settings(result_file(d, m)))
+                for s, d in seeds.items() for m in methods}
+    # a result from before results recorded their settings is covered by its seed's own table, where given
     unchecked = check_same_settings({
-        **{f"{result_file(d, m)}": recorded_settings(result_file(d, m)) for s, d in seeds.items() for m in methods},
-        **{f"{f}": table_settings(f) for f in tables_of.values()}})
+        **{where: kept for where, (s, kept) in recorded.items() if kept is not None or s not in tables_of},
+        **{f"{f}": table_settings(f, seeds.get(s)) for s, f in tables_of.items()}})
+    only_tables = {s: f for s, f in tables_of.items() if s not in seeds}
     first = next(iter(seeds.values()))
     names = {m: json.loads(result_file(first, m).read_text(encoding="utf-8"))["name"] for m in methods}
     metric = primary_metric(target.task)[0]
-    tabled = {s: table_seed(f, names, args.a, bs, metric, golds) for s, f in tables_of.items()}
+    tabled = {s: table_seed(f, names, args.a, bs, metric, golds) for s, f in only_tables.items()}
     out = spread(target.task, golds, answers, args.a, bs, args.seed, tabled)
     notes = [f"{args.a} minus {b} over {len(out['per_seed'])} seeds: mean {g['mean']:+.4f}, range "
              f"[{g['min']:+.4f}, {g['max']:+.4f}], sd {g['sd']:.4f}; "
@@ -242,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
              for b, g in out["gaps"].items()]
     notes += [f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
               + ", ".join([*(f"seed {s}: {d}" for s, d in seeds.items()),
-                           *(f"seed {s}: table {f} only (no between-seed pairs)" for s, f in tables_of.items())])
+                           *(f"seed {s}: table {f} only (no between-seed pairs)" for s, f in only_tables.items())])
               + ".",
               "Settings, apart from the seed: the same in every seed where recorded"
               + (f"; not recorded (kept before results recorded them), so not checked: {', '.join(unchecked)}."

@@ -155,3 +155,17 @@ def test_several_opponents_each_get_a_gap_per_seed_and_a_verdict_count():
     per_seed = tables(out, ["tapper", "nonpersonal", "oppu"])[0]
     assert per_seed.columns[-2:] == ["tapper - nonpersonal", "tapper - oppu"]
     assert per_seed.rows[0][-1].startswith("+0.000 [+0.000, +0.000] tie (0 answers differ)")
+
+
+def test_a_runs_seed_own_table_must_come_from_that_runs_dir(tmp_path: Path, capsys):
+    from seed_spread import table_settings
+
+    table = tmp_path / "quality_LaMP_2N.json"
+    table.write_text(json.dumps({"runs": str(tmp_path / "seed1"), "train_config": {"seed": 1}}), encoding="utf-8")
+    assert table_settings(table, tmp_path / "seed1") == {"seed": 1}
+    with pytest.raises(SystemExit, match="made from the runs dir .*seed1, not .*seed2"):
+        table_settings(table, tmp_path / "seed2")
+    # a seed's runs dir and its own table are one seed, not two
+    with pytest.raises(SystemExit):
+        main(["--task", "LaMP_3", "--label", "x", "--runs", f"1={tmp_path}/seed1", "--table", f"1={table}"])
+    assert "give at least two seeds" in capsys.readouterr().err
