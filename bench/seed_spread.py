@@ -145,6 +145,10 @@ def gap_cell(g: dict[str, Any]) -> str:
     return "{:+.3f} [{:+.3f}, {:+.3f}] {} ({})".format(g["difference"], *g["ci95"], g["verdict"], differ)
 
 
+def verdict_counts(verdicts: dict[str, int]) -> str:
+    return "; ".join(f"{n}x {v}" for v, n in verdicts.items())  # a verdict may hold a comma
+
+
 def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
     metric, a, bs = out["metric"], out["a"], out["bs"]
     rows = [[s, *(d["scores"][m] for m in methods), *(gap_cell(d["gaps"][b]) for b in bs)]
@@ -152,7 +156,7 @@ def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
     rows.append(["mean (sd)", *(f"{out['per_method'][m]['mean']:.4f} ({out['per_method'][m]['sd']:.4f})"
                                 for m in methods),
                  *(f"{out['gaps'][b]['mean']:+.4f} ({out['gaps'][b]['sd']:.4f}); "
-                   + ", ".join(f"{v} {n}" for v, n in out["gaps"][b]["verdicts"].items()) for b in bs)])
+                   + verdict_counts(out["gaps"][b]["verdicts"]) for b in bs)])
     per_seed = Table(f"{metric} per training seed, and {a} minus each opponent (paired 95% CI, verdict)",
                      ["seed", *methods, *(f"{a} - {b}" for b in bs)], rows)
     rows = [[m, pair_name, d["score_a"], d["score_b"], d["difference"], "[{:+.3f}, {:+.3f}]".format(*d["ci95"]),
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     notes = [f"{args.a} minus {b} over {len(out['per_seed'])} seeds: mean {g['mean']:+.4f}, range "
              f"[{g['min']:+.4f}, {g['max']:+.4f}], sd {g['sd']:.4f}; "
              f"{'the same sign in every seed' if g['same_sign'] else 'the sign changes between seeds'}; "
-             + ", ".join(f"{v} in {n}" for v, n in g["verdicts"].items()) + "."
+             + f"verdicts {verdict_counts(g['verdicts'])}."
              for b, g in out["gaps"].items()]
     notes += [f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
               + ", ".join([*(f"seed {s}: {d}" for s, d in seeds.items()),
