@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="one seed's bench/quality.py work dir (--runs); repeatable")
     ap.add_argument("--table", action="append", default=[], metavar="SEED=FILE",
                     help="a seed known only by its kept table (results/quality_<label>.json); with --runs for the "
-                         "same seed, that run's own table (its --out): its settings are checked against the "
-                         "others'; repeatable")
+                         "same seed, that run's own table (its --out, one per --out it wrote): its settings are "
+                         "checked against the others'; repeatable")
     ap.add_argument("--methods", default="tapper,nonpersonal", help="kept results to read, as result_<method>.json")
     ap.add_argument("--a", default="tapper")
     ap.add_argument("--b", action="append", default=[],
@@ -220,15 +220,20 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.val_users, args.val_latest = 0, False
     seeds: dict[str, Path] = {}
-    tables_of: dict[str, Path] = {}
-    for flag, given, into in (("--runs", args.runs, seeds), ("--table", args.table, tables_of)):
+    tables_of: dict[str, list[Path]] = {}  # a seed with --runs may bring several (one per --out it wrote)
+    for flag, given in (("--runs", args.runs), ("--table", args.table)):
         for item in given:
             seed, sep, where = item.partition("=")
             if not sep or not seed or not where:
                 ap.error(f"{flag} {item!r}: expected SEED={'DIR' if flag == '--runs' else 'FILE'}")
-            if seed in into:
-                ap.error(f"{flag}: seed {seed!r} given twice")
-            into[seed] = Path(where)
+            if flag == "--runs":
+                if seed in seeds:
+                    ap.error(f"--runs: seed {seed!r} given twice")
+                seeds[seed] = Path(where)
+            elif seed in tables_of and seed not in seeds:
+                ap.error(f"--table: seed {seed!r} given twice (without --runs, a seed is one table)")
+            else:
+                tables_of.setdefault(seed, []).append(Path(where))
     if not seeds:
         ap.error("--runs: give at least one seed's runs dir (the answers)")
     if len(seeds.keys() | tables_of.keys()) < 2:
@@ -247,8 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     # a result from before results recorded their settings is covered by its seed's own table, where given
     unchecked = check_same_settings({
         **{where: kept for where, (s, kept) in recorded.items() if kept is not None or s not in tables_of},
-        **{f"{f}": table_settings(f, seeds.get(s)) for s, f in tables_of.items()}})
-    only_tables = {s: f for s, f in tables_of.items() if s not in seeds}
+        **{f"{f}": table_settings(f, seeds.get(s)) for s, fs in tables_of.items() for f in fs}})
+    only_tables = {s: fs[0] for s, fs in tables_of.items() if s not in seeds}
     first = next(iter(seeds.values()))
     names = {m: json.loads(result_file(first, m).read_text(encoding="utf-8"))["name"] for m in methods}
     metric = primary_metric(target.task)[0]
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                  if unchecked else ".")]
     Result(f"seed_spread_{args.label}", f"Seed spread on {args.label}: {args.a} against {', '.join(bs)}",
            {"task": target.task, "users": len(golds), "runs": {s: str(d) for s, d in seeds.items()},
-            "tables": {s: str(f) for s, f in tables_of.items()}, **out},
+            "tables": {s: [str(f) for f in fs] for s, fs in tables_of.items()}, **out},
            tables(out, methods), notes).write_and_print(args.out, plot=plot_seeds(out, args.label, methods))
 
 

@@ -169,3 +169,8 @@ def test_a_runs_seed_own_table_must_come_from_that_runs_dir(tmp_path: Path, caps
     with pytest.raises(SystemExit):
         main(["--task", "LaMP_3", "--label", "x", "--runs", f"1={tmp_path}/seed1", "--table", f"1={table}"])
     assert "give at least two seeds" in capsys.readouterr().err
+    # without --runs a seed is one table
+    with pytest.raises(SystemExit):
+        main(["--task", "LaMP_3", "--label", "x", "--runs", f"1={tmp_path}/seed1", "--table", f"0={table}",
+              "--table", f"0={table}"])
+    assert "seed '0' given twice (without --runs, a seed is one table)" in capsys.readouterr().err
