@@ -174,8 +174,9 @@ def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
         fig.set_size_inches(10, 0.5 * len(out["per_seed"]) + 2)
         scores, gaps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
         seeds = list(out["per_seed"])
-        for i, m in enumerate(methods):
-            scores.plot([out["per_seed"][s]["scores"][m] for s in seeds], range(len(seeds)), "o",
+        for i, m in enumerate(methods):  # offset per method, so that equal scores stay visible
+            scores.plot([out["per_seed"][s]["scores"][m] for s in seeds],
+                        [y + 0.6 * (i - (len(methods) - 1) / 2) / len(methods) for y in range(len(seeds))], "o",
                         color=("#2a7", "#e80", "#68c", "#999")[i % 4], label=m)
         bs = out["bs"]
         for j, b in enumerate(bs):
