@@ -56,6 +56,12 @@ def method_fingerprint(key: str, settings: dict) -> str:
     return fingerprint(method_settings(key, settings))
 
 
+def _untag(kept: dict) -> str | None:
+    """Strips a kept result down to its VariantResult fields; returns the tag it was kept with."""
+    kept.pop("settings_read", None)
+    return kept.pop("settings", None)
+
+
 def _kept(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -89,8 +95,7 @@ class Runner:
                                                                           default=str))}
         if path.exists() and not self.fresh:
             kept = json.loads(path.read_text(encoding="utf-8"))
-            kept.pop("settings_read", None)
-            if kept.pop("settings", None) in (tag, fingerprint(self.settings)):
+            if _untag(kept) in (tag, fingerprint(self.settings)):
                 print(f"[{key}] reusing {path}", flush=True)
                 atomic_write_text(path, json.dumps({**kept, **record}, ensure_ascii=False) + "\n")
                 self.reused.append(key)
@@ -98,9 +103,7 @@ class Runner:
             print(f"[{key}] {path} was made with other settings: running again", flush=True)
         for other in [] if self.fresh else self.shared:
             kept = _kept(other / path.name)
-            if kept is not None:
-                kept.pop("settings_read", None)
-            if kept is not None and kept.pop("settings", None) == tag:
+            if kept is not None and _untag(kept) == tag:
                 print(f"[{key}] reusing {other / path.name} (a sweep point whose settings it does not read)",
                       flush=True)
                 atomic_write_text(path, json.dumps({**kept, **record}, ensure_ascii=False) + "\n")
