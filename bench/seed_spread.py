@@ -10,7 +10,9 @@ seed's run is a whole retraining, not a resample of one. For each seed this repo
 the paired difference of `--a` minus each `--b` (default TAP-PER minus the same-budget control; repeat --b for
 several opponents, e.g. `--b nonpersonal --b oppu --b pplug`) with its bootstrap CI; across seeds, each
 method's spread and, for each pair of seeds, how far one method moved between them (paired CI, answers
-changed). Writes results/seed_spread_<label>.{json,md,png}.
+changed); and, over the seeds with answers, a minus each b averaged per question over the seeds, with one
+bootstrap interval that resamples users and one that resamples users and seeds (tapper.compare.report.
+pooled_difference_ci). Writes results/seed_spread_<label>.{json,md,png}.
 
 The seeds must differ in nothing else. Kept results record the settings they read (since 8d6835c), and a seed's
 own table (`--table` beside its `--runs`: the table that run wrote to its --out) records its configs; a
@@ -32,6 +34,7 @@ from pair_results import load_answers, pair, users
 from quality import OTHER_SOURCES, SOURCES
 from quality_summary import TAPPER, SummaryError, load_task, paired_from_notes, verdict
 
+from tapper.compare.report import pooled_difference_ci
 from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
 
@@ -135,9 +138,27 @@ def spread(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[s
         gaps[b] = {"mean": statistics.fmean(diffs), "min": min(diffs), "max": max(diffs),
                    "sd": statistics.stdev(diffs),
                    "same_sign": all(g > 0 for g in diffs) or all(g < 0 for g in diffs),
-                   "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}}
+                   "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)},
+                   "pooled": pooled(task, golds, answers, a, b, boot_seed, higher)}
     return {"metric": metric, "higher_is_better": higher, "a": a, "bs": bs, "per_seed": per_seed,
             "per_method": per_method, "gaps": gaps}
+
+
+def pooled(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[str, str]]], a: str, b: str,
+           boot_seed: int, higher: bool) -> dict[str, Any] | None:
+    """a minus b averaged over the seeds with answers: each question's difference is its mean over the seeds,
+    and the bootstrap resamples questions (seeds fixed: these training runs), then also seeds (two levels:
+    training runs as a random draw too). None with fewer than two such seeds."""
+    if len(answers) < 2:
+        return None
+    metric = primary_metric(task)[0]
+    runs = [(answers[s][a], answers[s][b]) for s in answers]
+    out: dict[str, Any] = {"seeds": list(answers)}
+    for key, resample in (("users", False), ("users_and_seeds", True)):
+        mean, low, high = pooled_difference_ci(task, metric, golds, runs, boot_seed, resample_runs=resample)
+        out["difference"] = mean
+        out[key] = {"ci95": [low, high], "verdict": verdict(mean, [low, high], higher)}
+    return out
 
 
 def gap_cell(g: dict[str, Any]) -> str:
@@ -165,7 +186,17 @@ def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
     between = Table(f"One method against itself, trained with two seeds ({metric}, paired 95% CI)",
                     ["method", "seeds", "score, first", "score, second", "difference", "paired 95% CI",
                      "answers differ"], rows)
-    return [per_seed, between]
+    pooled_rows = [[b, ", ".join(g["pooled"]["seeds"]), f"{g['pooled']['difference']:+.4f}",
+                    *("[{:+.3f}, {:+.3f}] {}".format(*g["pooled"][k]["ci95"], g["pooled"][k]["verdict"])
+                      for k in ("users", "users_and_seeds"))]
+                   for b, g in out["gaps"].items() if g["pooled"]]
+    if not pooled_rows:
+        return [per_seed, between]
+    pooled_table = Table(f"{a} minus each opponent averaged over the seeds with answers ({metric}): 95% CI with "
+                         "users resampled, and with users and seeds resampled",
+                         ["opponent", "seeds", "mean difference", "CI, users resampled",
+                          "CI, users and seeds resampled"], pooled_rows)
+    return [per_seed, pooled_table, between]
 
 
 def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
@@ -265,6 +296,12 @@ def main(argv: list[str] | None = None) -> None:
              f"{'the same sign in every seed' if g['same_sign'] else 'the sign changes between seeds'}; "
              + f"verdicts {verdict_counts(g['verdicts'])}."
              for b, g in out["gaps"].items()]
+    notes += [f"{args.a} minus {b} averaged over seeds {', '.join(g['pooled']['seeds'])} (those with answers): "
+              f"{g['pooled']['difference']:+.4f}, 95% CI users resampled "
+              "[{:+.4f}, {:+.4f}] ({}), users and seeds resampled [{:+.4f}, {:+.4f}] ({}).".format(
+                  *g["pooled"]["users"]["ci95"], g["pooled"]["users"]["verdict"],
+                  *g["pooled"]["users_and_seeds"]["ci95"], g["pooled"]["users_and_seeds"]["verdict"])
+              for b, g in out["gaps"].items() if g["pooled"]]
     notes += [f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
               + ", ".join([*(f"seed {s}: {d}" for s, d in seeds.items()),
                            *(f"seed {s}: table {f} only (no between-seed pairs)" for s, f in only_tables.items())])

@@ -174,3 +174,40 @@ def test_a_runs_seed_own_table_must_come_from_that_runs_dir(tmp_path: Path, caps
         main(["--task", "LaMP_3", "--label", "x", "--runs", f"1={tmp_path}/seed1", "--table", f"0={table}",
               "--table", f"0={table}"])
     assert "seed '0' given twice (without --runs, a seed is one table)" in capsys.readouterr().err
+
+
+def test_pooled_ci_of_one_run_is_the_paired_ci_and_two_levels_widen_it():
+    from tapper.compare.report import paired_difference_ci, pooled_difference_ci
+
+    golds = {f"q{i}": str(1 + i % 5) for i in range(40)}
+    right = dict(golds)
+    wrong_half = {q: (str(int(g) + 1) if g != "5" else "4") if i % 2 else g for i, (q, g) in enumerate(golds.items())}
+    # one run: the pooled interval is the paired one (same resamples of the same questions)
+    one = pooled_difference_ci("LaMP_3", "mae", golds, [(right, wrong_half)], seed=3)
+    assert one[0] == pytest.approx(-0.5)
+    assert one[1:] == pytest.approx(paired_difference_ci("LaMP_3", "mae", golds, right, wrong_half, 3))
+    # two runs that disagree (a ahead by 0.5 in one, behind by 0.5 in the other): the mean is 0, and the
+    # two-level interval, which draws runs too, is wider than the one that keeps both runs
+    runs = [(right, wrong_half), (wrong_half, right)]
+    mean, low, high = pooled_difference_ci("LaMP_3", "mae", golds, runs, seed=3)
+    assert mean == pytest.approx(0.0) and (low, high) == pytest.approx((0.0, 0.0))
+    mean, low2, high2 = pooled_difference_ci("LaMP_3", "mae", golds, runs, seed=3, resample_runs=True)
+    assert low2 < -0.3 and high2 > 0.3
+    with pytest.raises(ValueError, match="not a mean of per-question scores"):
+        pooled_difference_ci("LaMP_3", "rmse", golds, runs, seed=3)
+
+
+def test_spread_pools_the_seeds_with_answers_per_opponent():
+    golds = {f"q{i}": str(1 + i % 5) for i in range(30)}
+    off_by_one = {q: str(min(5, int(g) + 1)) if int(g) < 5 else "4" for q, g in golds.items()}  # MAE 1
+    answers = {s: {"tapper": dict(golds), "nonpersonal": off_by_one, "oppu": dict(golds)} for s in ("1", "2")}
+    out = spread("LaMP_3", golds, answers, "tapper", ["nonpersonal", "oppu"])
+    ahead = out["gaps"]["nonpersonal"]["pooled"]
+    assert ahead["seeds"] == ["1", "2"] and ahead["difference"] == pytest.approx(-1.0)
+    assert ahead["users"]["verdict"] == ahead["users_and_seeds"]["verdict"] == "ahead"
+    same = out["gaps"]["oppu"]["pooled"]
+    assert same["difference"] == 0.0 and same["users"]["ci95"] == [0.0, 0.0]
+    assert spread("LaMP_3", golds, {"1": answers["1"]}, "tapper", ["oppu"],
+                  tabled={"0": {"scores": {"tapper": 0.0, "nonpersonal": 1.0, "oppu": 0.0},
+                                "gaps": {"oppu": {"difference": 0.0, "ci95": [0.0, 0.0], "answers_differ": None}}}}
+                  )["gaps"]["oppu"]["pooled"] is None  # one seed with answers: nothing to pool

@@ -272,21 +272,48 @@ def onboarding_table(results: list[VariantResult], new_users: list[VariantResult
     return table, notes, data
 
 
+PER_QUESTION_METRICS = ("accuracy", "mae", "rouge-1", "rouge-L")  # the primary metrics: means over questions
+
+
+def per_question_scores(task: str, metric: str, golds: dict[str, str], preds: dict[str, str]) -> list[float]:
+    """metric of each question alone, in sorted question order; their mean is the metric of all of them."""
+    if metric not in PER_QUESTION_METRICS:
+        raise ValueError(f"{metric} is not a mean of per-question scores")
+    return [evaluate(task, {q: golds[q]}, {q: preds[q]})[metric] for q in sorted(golds)]
+
+
 def paired_difference_ci(task: str, metric: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str],
                          seed: int, n: int = 1000) -> tuple[float, float]:
     """Percentile bootstrap of metric(a) - metric(b), resampling the same questions for both. Valid for the
     primary metrics (accuracy, MAE, ROUGE), which are means of per-question scores."""
     import numpy as np
 
-    if metric not in ("accuracy", "mae", "rouge-1", "rouge-L"):
-        raise ValueError(f"{metric} is not a mean of per-question scores")
-    ids = sorted(golds)
-
-    def per_question(preds: dict[str, str]) -> np.ndarray:
-        return np.array([evaluate(task, {q: golds[q]}, {q: preds[q]})[metric] for q in ids])
-
-    diff = per_question(a) - per_question(b)
+    diff = np.subtract(per_question_scores(task, metric, golds, a), per_question_scores(task, metric, golds, b))
     rng = np.random.default_rng(seed)
-    means = [diff[rng.integers(0, len(ids), len(ids))].mean() for _ in range(n)]
+    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)]
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
+
+
+def pooled_difference_ci(task: str, metric: str, golds: dict[str, str],
+                         runs: list[tuple[dict[str, str], dict[str, str]]], seed: int, n: int = 1000,
+                         resample_runs: bool = False) -> tuple[float, float, float]:
+    """(mean, low, high) of metric(a) - metric(b) averaged over several training runs (seeds) of both, each run
+    a pair (a's answers, b's answers) on the same questions. The bootstrap resamples questions, the same ones
+    in every run, so a question's difference counts once, averaged over the runs. With `resample_runs` it
+    also draws the runs with replacement (a two-level bootstrap): the interval then holds the spread between
+    training runs as well as between users, which a handful of runs estimates only roughly."""
+    import numpy as np
+
+    if not runs:
+        raise ValueError("pooled_difference_ci needs at least one run")
+    diffs = np.array([np.subtract(per_question_scores(task, metric, golds, a),
+                                  per_question_scores(task, metric, golds, b)) for a, b in runs])
+    rng = np.random.default_rng(seed)
+    n_runs, n_questions = diffs.shape
+    means = []
+    for _ in range(n):
+        rows = rng.integers(0, n_runs, n_runs) if resample_runs else np.arange(n_runs)
+        means.append(diffs[np.ix_(rows, rng.integers(0, n_questions, n_questions))].mean())
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diffs.mean()), float(low), float(high)
