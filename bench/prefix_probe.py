@@ -12,7 +12,8 @@ bridge alone). If an answer changes, that part moved it. It also says how far th
 N(0, init_std) start, since a row that never moved is noise, not a user.
 
 Each variant is scored with LaMP's metric on the same targets (the ones bench/quality.py chose with the same
---task/--source/--users/--stage1-users/--min-profile/--seed) and paired against the model as trained (bootstrap
+--task/--source/--users/--stage1-users/--min-profile/--seed; with --val-latest, on their latest history item, as a
+val-latest run of bench/quality.py scored them) and paired against the model as trained (bootstrap
 95% CI of the difference). --control names a result_*.json of bench/quality.py (e.g. the same-budget control's)
 to pair against as well. Writes results/prefix_probe_<label>.{json,md}.
 """
@@ -31,6 +32,7 @@ import torch
 from common import RESULTS, Result, Table
 from quality import OTHER_SOURCES, SOURCES, choose_users, run_label
 
+from tapper.compare import hold_out_latest
 from tapper.compare.report import paired_difference_ci
 from tapper.data.records import LampSplit
 from tapper.experiment import evaluate_model, primary_metric
@@ -137,7 +139,8 @@ def prefix_scale(model: TapperModel, target: LampSplit, batch_size: int = 16) ->
 
 
 def _targets(args: argparse.Namespace) -> LampSplit:
-    return choose_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source)[0]
+    target = choose_users(args.task, args.users, args.stage1_users, args.seed, args.min_profile, args.source)[0]
+    return hold_out_latest(target) if args.val_latest else target
 
 
 def main() -> None:
@@ -153,6 +156,9 @@ def main() -> None:
     ap.add_argument("--control", type=Path, default=None, help="a bench/quality.py result_*.json to pair against")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--val-latest", action="store_true",
+                    help="score the targets on their latest history item, as bench/quality.py --val-latest did "
+                         "(for a model from its val-latest-* dir); results go to prefix_probe_<label>_val_latest.*")
     ap.add_argument("--rows-only", action="store_true", help="print how far the user rows moved, and stop")
     args = ap.parse_args()
     if args.rows_only:
@@ -164,7 +170,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from tapper.backbone import load_backbone
 
-    label = run_label(args.task, args.source, args.backbone)
+    label = run_label(args.task, args.source, args.backbone) + ("_val_latest" if args.val_latest else "")
     target = _targets(args)
     model = TapperModel.from_pretrained(args.run, backbone=load_backbone(args.backbone))
     if model.task.name != target.task:
