@@ -48,9 +48,17 @@ def load_answers(operand: str, target: LampSplit, others: LampSplit) -> tuple[st
                              f"matches; its floors: {sorted(made)}")
         return chosen[0], made[chosen[0]]
     path = Path(operand)
+    kept = read_kept(path)
+    return f"{kept['name']} ({path})", kept["predictions"]
+
+
+def read_kept(path: Path) -> dict:
+    """A kept result of bench/quality.py (result_<method>.json): at least its name and its predictions."""
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
-        return f"{kept['name']} ({path})", kept["predictions"]
+        if not isinstance(kept["name"], str) or not isinstance(kept["predictions"], dict):
+            raise TypeError("'name' or 'predictions' of the wrong type")
+        return kept
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"{path}: not a kept result of bench/quality.py ({err})") from None
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, Result, Table
-from pair_results import load_answers, pair, users
+from pair_results import pair, read_kept, users
 from quality import OTHER_SOURCES, SOURCES
 from quality_summary import TAPPER, SummaryError, load_task, paired_from_notes, verdict
 
@@ -44,12 +44,6 @@ def result_file(runs: Path, method: str) -> Path:
     if not path.exists():
         raise SystemExit(f"{path}: no kept result of {method!r} in this seed's runs dir")
     return path
-
-
-def recorded_settings(path: Path) -> dict[str, Any] | None:
-    """The settings a kept result was made with (`settings_read`, recorded since it was added to the runner);
-    None for an older result, which keeps only their hash."""
-    return json.loads(path.read_text(encoding="utf-8")).get("settings_read")
 
 
 def table_settings(path: Path, runs: Path | None = None) -> dict[str, Any]:
@@ -275,19 +269,18 @@ def main(argv: list[str] | None = None) -> None:
     for m in (args.a, *bs):
         if m not in methods:
             methods.append(m)
-    target, others = users(args)
+    target, _ = users(args)
     golds = {q.id: target.gold(q.id) for q in target.questions}
-    answers = {s: {m: load_answers(str(result_file(d, m)), target, others)[1] for m in methods}
-               for s, d in seeds.items()}
-    recorded = {f"{result_file(d, m)}": (s, recorded_settings(result_file(d, m)))
+    kept = {s: {m: read_kept(result_file(d, m)) for m in methods} for s, d in seeds.items()}  # each read once
+    answers = {s: {m: kept[s][m]["predictions"] for m in methods} for s in seeds}
+    recorded = {f"{result_file(d, m)}": (s, kept[s][m].get("settings_read"))
                 for s, d in seeds.items() for m in methods}
     # a result from before results recorded their settings is covered by its seed's own table, where given
     unchecked = check_same_settings({
         **{where: kept for where, (s, kept) in recorded.items() if kept is not None or s not in tables_of},
         **{f"{f}": table_settings(f, seeds.get(s)) for s, fs in tables_of.items() for f in fs}})
     only_tables = {s: fs[0] for s, fs in tables_of.items() if s not in seeds}
-    first = next(iter(seeds.values()))
-    names = {m: json.loads(result_file(first, m).read_text(encoding="utf-8"))["name"] for m in methods}
+    names = {m: kept[next(iter(seeds))][m]["name"] for m in methods}
     metric = primary_metric(target.task)[0]
     tabled = {s: table_seed(f, names, args.a, bs, metric, golds) for s, f in only_tables.items()}
     out = spread(target.task, golds, answers, args.a, bs, args.seed, tabled)

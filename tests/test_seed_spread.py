@@ -118,7 +118,8 @@ def test_the_plot_draws_every_seed(tmp_path: Path):
 
 
 def test_seeds_made_with_other_settings_are_refused_naming_the_setting(tmp_path: Path):
-    from seed_spread import check_same_settings, recorded_settings, table_settings
+    from pair_results import read_kept
+    from seed_spread import check_same_settings, table_settings
 
     run = {"seed": 1, "stage1_history_pairs": 0, "user_lr": 0.003}
     assert check_same_settings({"a": run, "b": {**run, "seed": 2}, "c": None}) == ["c"]  # the seed may differ
@@ -134,8 +135,11 @@ def test_seeds_made_with_other_settings_are_refused_naming_the_setting(tmp_path:
     with pytest.raises(SystemExit, match="stage1_history_pairs"):
         check_same_settings({"t": table_settings(table), "r": run})
     kept = tmp_path / "result_tapper.json"
+    kept.write_text(json.dumps({"name": "TAP-PER", "settings": "abc", "predictions": {}}), encoding="utf-8")
+    assert read_kept(kept).get("settings_read") is None  # kept before results recorded their settings
     kept.write_text(json.dumps({"name": "TAP-PER", "settings": "abc"}), encoding="utf-8")
-    assert recorded_settings(kept) is None  # kept before results recorded their settings
+    with pytest.raises(SystemExit, match=r"result_tapper.json: not a kept result of bench/quality.py \('predictions'"):
+        read_kept(kept)
 
 
 def test_several_opponents_each_get_a_gap_per_seed_and_a_verdict_count():
