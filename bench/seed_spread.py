@@ -193,6 +193,10 @@ def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
     return [per_seed, pooled_table, between]
 
 
+# one colour per method, in both panels: an opponent's gaps take its scores' colour
+COLORS = ("#2a7", "#e80", "#68c", "#c4a", "#999", "#a52", "#4bb", "#333")
+
+
 def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
     """Left: each method's score per seed. Right: a minus each b per seed with its paired 95% CI, zero dashed."""
     def draw(fig) -> None:
@@ -202,7 +206,7 @@ def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
         for i, m in enumerate(methods):  # offset per method, so that equal scores stay visible
             scores.plot([out["per_seed"][s]["scores"][m] for s in seeds],
                         [y + 0.6 * (i - (len(methods) - 1) / 2) / len(methods) for y in range(len(seeds))], "o",
-                        color=("#2a7", "#e80", "#68c", "#999")[i % 4], label=m)
+                        color=COLORS[i % len(COLORS)], label=m)
         bs = out["bs"]
         for j, b in enumerate(bs):
             for y, s in enumerate(seeds):
@@ -210,7 +214,7 @@ def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
                 low, high = g["ci95"]
                 gaps.errorbar(g["difference"], y + 0.6 * (j - (len(bs) - 1) / 2) / len(bs),
                               xerr=[[g["difference"] - low], [high - g["difference"]]], fmt="o",
-                              color=("#e80", "#68c", "#c4a", "#999")[j % 4], capsize=3,
+                              color=COLORS[methods.index(b) % len(COLORS)], capsize=3,
                               label=f"minus {b}" if y == 0 else None)
         gaps.axvline(0, color="#999", ls="--", lw=1)
         better = "higher" if out["higher_is_better"] else "lower"
