@@ -227,3 +227,17 @@ def test_a_sweep_point_takes_only_the_results_whose_settings_it_shares(tmp_path:
     assert ran == ["tapper at 1e-2"] and (tmp_path / "val-latest-b" / "result_nonpersonal.json").is_file()
     third = Runner(tmp_path / "val-latest-c", False, {"user_lr": 1e-2, "seed": 1}, shared=[tmp_path / "val-latest-a"])
     assert third.get("nonpersonal", make("control, seed 1")).name == "control, seed 1"  # another seed: run
+
+
+def test_the_runner_keeps_in_memory_only_the_trained_models_a_later_step_reads(tmp_path: Path):
+    from tapper.compare import Runner
+    from tapper.experiment import VariantResult
+
+    def trained(name: str) -> VariantResult:  # any object stands in for the trained TapperModel
+        return VariantResult(name=name, metrics={"mae": 0.5}, per_user_params=0, train_seconds=1.0,
+                             predict_seconds=1.0, model=object())
+
+    runner = Runner(tmp_path, False, {"seed": 0}, keep_models=["tapper"])
+    for key in ("nonpersonal", "tapper", "no-pu"):
+        assert runner.get(key, lambda k=key: trained(k)).model is None  # the result itself never holds one
+    assert list(runner.models) == ["tapper"]  # each kept model is a whole backbone copy: only what is read

@@ -205,7 +205,8 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
                         "settings chosen here")
     # the other points of a validation sweep: a method that reads none of the swept settings runs once
     sweep = [] if sweep_prefix is None else sorted(d for d in runs.parent.glob(f"{sweep_prefix}*") if d.is_dir())
-    runner = Runner(runs, spec.fresh, all_settings, shared=sweep)
+    runner = Runner(runs, spec.fresh, all_settings, shared=sweep,
+                    keep_models=["tapper"] if "tapper" in wanted else [])  # read by tapper-int8
     backbone = load_backbone(spec.backbone, device=spec.device)
     history_inputs = None
     if spec.rewrite_history:

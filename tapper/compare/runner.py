@@ -77,11 +77,16 @@ class Runner:
     other points of one settings sweep) whose kept results are taken, and copied here, when their method tag
     matches: a sweep over user_lr runs the control once, not once per rate."""
 
-    def __init__(self, runs: Path, fresh: bool, settings: dict, shared: Sequence[Path] = ()):
+    def __init__(self, runs: Path, fresh: bool, settings: dict, shared: Sequence[Path] = (),
+                 keep_models: Sequence[str] = ()):
         self.runs = Path(runs)
         self.fresh = fresh
         self.settings = settings
         self.shared = [Path(d) for d in shared if Path(d) != self.runs]
+        # Trained models kept in memory after their result, for the keys a later step reads (TAP-PER's, for its
+        # int8 scoring). Each holds its own copy of the backbone, so keeping every variant's grew a Gemma
+        # comparison past 13 GB and the OOM killer ended it.
+        self.keep_models = set(keep_models)
         self.models: dict[str, TapperModel | None] = {}
         self.reused: list[str] = []  # keys answered from disk in this process
         self.ran: list[str] = []  # keys run in this process
@@ -112,7 +117,8 @@ class Runner:
         print(f"[{key}] running", flush=True)
         began = time.perf_counter()
         result = make()
-        self.models[key] = result.model
+        if key in self.keep_models:
+            self.models[key] = result.model
         result.model = None  # the result is kept as numbers; the trained model only as long as it is needed
         kept = {k: v for k, v in asdict(result).items() if k != "model"}
         atomic_write_text(path, json.dumps({**kept, **record}, ensure_ascii=False) + "\n")
