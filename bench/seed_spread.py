@@ -200,7 +200,7 @@ COLORS = ("#2a7", "#e80", "#68c", "#c4a", "#999", "#a52", "#4bb", "#333")
 def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
     """Left: each method's score per seed. Right: a minus each b per seed with its paired 95% CI, zero dashed."""
     def draw(fig) -> None:
-        fig.set_size_inches(10, 0.5 * len(out["per_seed"]) + 2)
+        fig.set_size_inches(10, 0.5 * len(out["per_seed"]) + 2.6)
         scores, gaps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
         seeds = list(out["per_seed"])
         for i, m in enumerate(methods):  # offset per method, so that equal scores stay visible
@@ -222,8 +222,8 @@ def plot_seeds(out: dict[str, Any], label: str, methods: list[str]):
                           (gaps, f"{out['a']} minus each, paired 95% CI")):
             ax.set_yticks(range(len(seeds)), [f"seed {s}" for s in seeds], fontsize=8)
             ax.set_title(f"{label}: {title}", fontsize=9)
-        scores.legend(fontsize=8)
-        gaps.legend(fontsize=8)
+        for ax in (scores, gaps):  # below the axes: with several opponents a legend inside covers points
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4, frameon=False)
     return draw
 
 
