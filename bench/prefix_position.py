@@ -22,6 +22,7 @@ import torch
 from common import RESULTS, Result, Table
 from quality import OTHER_SOURCES, SOURCES, choose_users, run_label
 
+from tapper.compare.report import mean_difference_ci
 from tapper.prefix.config import TapperConfig
 from tapper.train import builder_for, resolve_configs
 
@@ -47,13 +48,6 @@ def nll_by_way(model, prompt_ids: list[int], answer_ids: list[int], prefix: torc
         nll = [-float(logp[shift(j) - 1, ids[0, j]]) for j in range(2, ids.shape[1])]
         out[way] = (float(np.mean(nll[:n_prompt - 2])), float(np.mean(nll[n_prompt - 2:])))
     return out
-
-
-def paired_ci(diff: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)]
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def main() -> None:
@@ -98,7 +92,8 @@ def main() -> None:
         if way != WAYS[0]:
             for i, key in enumerate(("prompt", "answer")):
                 diff = nll[way][:, i] - nll[WAYS[0]][:, i]
-                row[f"{key}_minus_no_prefix"], row[f"{key}_ci95"] = float(diff.mean()), paired_ci(diff, args.seed)
+                mean, low, high = mean_difference_ci(diff, args.seed)
+                row[f"{key}_minus_no_prefix"], row[f"{key}_ci95"] = mean, (low, high)
                 cells[i] = "{:+.3f} [{:+.3f}, {:+.3f}]".format(diff.mean(), *row[f"{key}_ci95"])
         data[way] = row
         rows.append([way, round(row["prompt_nll"], 3), cells[0], round(row["answer_nll"], 3), cells[1]])

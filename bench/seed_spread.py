@@ -12,7 +12,7 @@ several opponents, e.g. `--b nonpersonal --b oppu --b pplug`) with its bootstrap
 method's spread and, for each pair of seeds, how far one method moved between them (paired CI, answers
 changed); and, over the seeds with answers, a minus each b averaged per question over the seeds, with one
 bootstrap interval that resamples users and one that resamples users and seeds (tapper.compare.report.
-pooled_difference_ci). Writes results/seed_spread_<label>.{json,md,png}.
+mean_difference_ci). Writes results/seed_spread_<label>.{json,md,png}.
 
 The seeds must differ in nothing else. Kept results record the settings they read (since 8d6835c), and a seed's
 own table (`--table` beside its `--runs`: the table that run wrote to its --out) records its configs; a
@@ -34,7 +34,7 @@ from pair_results import pair, read_kept, users
 from quality import OTHER_SOURCES, SOURCES
 from quality_summary import TAPPER, SummaryError, load_task, paired_from_notes, verdict
 
-from tapper.compare.report import pooled_difference_ci
+from tapper.compare.report import mean_difference_ci, run_differences
 from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
 
@@ -146,10 +146,10 @@ def pooled(task: str, golds: dict[str, str], answers: dict[str, dict[str, dict[s
     if len(answers) < 2:
         return None
     metric = primary_metric(task)[0]
-    runs = [(answers[s][a], answers[s][b]) for s in answers]
+    diffs = run_differences(task, metric, golds, [(answers[s][a], answers[s][b]) for s in answers])
     out: dict[str, Any] = {"seeds": list(answers)}
-    for key, resample in (("users", False), ("users_and_seeds", True)):
-        mean, low, high = pooled_difference_ci(task, metric, golds, runs, boot_seed, resample_runs=resample)
+    for key, resample in (("users", False), ("users_and_seeds", True)):  # one scoring, two bootstraps
+        mean, low, high = mean_difference_ci(diffs, boot_seed, resample_runs=resample)
         out["difference"] = mean
         out[key] = {"ci95": [low, high], "verdict": verdict(mean, [low, high], higher)}
     return out

@@ -15,10 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tapper.experiment import VariantResult, primary_metric
 from tapper.metrics import bootstrap_ci, evaluate
+
+if TYPE_CHECKING:
+    import numpy as np
 
 COLD = "TAP-PER, new user without a fit (mean row + P_q)"
 ONBOARDED = "TAP-PER, onboarded"
@@ -286,29 +289,38 @@ def paired_difference_ci(task: str, metric: str, golds: dict[str, str], a: dict[
                          seed: int, n: int = 1000) -> tuple[float, float]:
     """Percentile bootstrap of metric(a) - metric(b), resampling the same questions for both. Valid for the
     primary metrics (accuracy, MAE, ROUGE), which are means of per-question scores."""
-    import numpy as np
-
-    diff = np.subtract(per_question_scores(task, metric, golds, a), per_question_scores(task, metric, golds, b))
-    rng = np.random.default_rng(seed)
-    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)]
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+    return mean_difference_ci(run_differences(task, metric, golds, [(a, b)]), seed, n)[1:]
 
 
 def pooled_difference_ci(task: str, metric: str, golds: dict[str, str],
                          runs: list[tuple[dict[str, str], dict[str, str]]], seed: int, n: int = 1000,
                          resample_runs: bool = False) -> tuple[float, float, float]:
     """(mean, low, high) of metric(a) - metric(b) averaged over several training runs (seeds) of both, each run
-    a pair (a's answers, b's answers) on the same questions. The bootstrap resamples questions, the same ones
-    in every run, so a question's difference counts once, averaged over the runs. With `resample_runs` it
-    also draws the runs with replacement (a two-level bootstrap): the interval then holds the spread between
-    training runs as well as between users, which a handful of runs estimates only roughly."""
+    a pair (a's answers, b's answers) on the same questions (see mean_difference_ci)."""
+    return mean_difference_ci(run_differences(task, metric, golds, runs), seed, n, resample_runs)
+
+
+def run_differences(task: str, metric: str, golds: dict[str, str],
+                    runs: list[tuple[dict[str, str], dict[str, str]]]) -> np.ndarray:
+    """(runs, questions) array of metric(a) - metric(b) per question, one row per pair (a's, b's answers)."""
     import numpy as np
 
     if not runs:
-        raise ValueError("pooled_difference_ci needs at least one run")
-    diffs = np.array([np.subtract(per_question_scores(task, metric, golds, a),
-                                  per_question_scores(task, metric, golds, b)) for a, b in runs])
+        raise ValueError("needs at least one run (a pair of answer sets)")
+    return np.array([np.subtract(per_question_scores(task, metric, golds, a),
+                                 per_question_scores(task, metric, golds, b)) for a, b in runs])
+
+
+def mean_difference_ci(diffs: np.ndarray, seed: int, n: int = 1000,
+                 resample_runs: bool = False) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap of the mean of a (runs, questions) array of paired differences.
+    Each draw resamples questions, the same ones in every run, so a question's difference counts once, averaged
+    over the runs. With `resample_runs` it also draws the runs with replacement (a two-level bootstrap): the
+    interval then holds the spread between training runs as well as between users, which a handful of runs
+    estimates only roughly. One row is the plain paired bootstrap."""
+    import numpy as np
+
+    diffs = np.atleast_2d(diffs)
     rng = np.random.default_rng(seed)
     n_runs, n_questions = diffs.shape
     means = []
