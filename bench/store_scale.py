@@ -91,21 +91,12 @@ def decode_int8(data: bytes, row_size: int, what: str) -> torch.Tensor:
 
 
 class Int8RowStore(UserStore):
-    """The store with int8 rows: `load_row` runs the store's own query and decodes int8 + scale."""
+    """The store with int8 rows: the store's own query, decoding int8 + scale."""
 
-    def load_row(self, uid: str, expected_size: int | None = None) -> tuple[int, torch.Tensor | None]:
-        with self.db.transaction(read_only=True) as cur:
-            found = cur.execute(
-                "SELECT user_id, row_version, row_data, row_size FROM users WHERE uid = ?", (uid,)
-            ).one()
-        if found is None:
-            raise StoreError(f"user {uid} no longer exists")
-        user_id, version, data, size = found
-        if data is None:
-            return int(version), None
-        if expected_size is not None and int(size) != expected_size:
-            raise StoreError(f"P_u row of {user_id!r} has {size} numbers, expected {expected_size}")
-        return int(version), decode_int8(data, int(size), repr(user_id))
+    def decode_row(self, data: bytes, size: int, expected_size: int | None, what: str) -> torch.Tensor:
+        if expected_size is not None and size != expected_size:
+            raise StoreError(f"P_u row of {what} has {size} numbers, expected {expected_size}")
+        return decode_int8(data, size, what)
 
 
 def encode_float32(rows: torch.Tensor) -> list[bytes]:
