@@ -9,7 +9,7 @@ control's and TAP-PER's bridge, each OPPU user's LoRA, each PER-PCS sharer's pie
 norm of its whole weight update, sqrt(sum over adapted projections of ||(alpha / r) B A||^2): LoRA starts at
 B = 0, so this is exactly how far it moved the model. Per-user LoRAs give their median over users. TAP-PER's
 user rows (P_u) give their mean per-token norm against the norm N(0, init_std) rows of that width start at
-(bench/prefix_probe.py's measure). Writes results/per_user_drift.{json,md}.
+(bench/prefix_probe.py's measure). Writes results/per_user_drift.{json,md} (--name: another file name).
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", action="append", required=True, metavar="LABEL=DIR",
                     help="a bench/quality.py work dir (--runs), named; repeatable")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="per_user_drift",
+                    help="file name of the results (<out>/<name>.json, .md): another set of runs beside the main one")
     args = ap.parse_args(argv)
     tasks = {}
     for item in args.runs:
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     table = Table("How far each trained part moved from its start (LoRA: ||(alpha/r) B A||_F over its projections, "
                   "median over users for per-user ones; P_u: mean per-token norm)",
                   ["task", "part", "users", "moved (norm)", "min - max over users", "at init"], rows)
-    Result("per_user_drift", "How far per-user and shared parameters moved in training",
+    Result(args.name, "How far per-user and shared parameters moved in training",
            {"tasks": tasks}, [table],
            ["A LoRA starts at B = 0, so its update norm is 0 at init; P_u rows start at N(0, init_std), whose "
             "per-token norm is init_std * sqrt(d)."]).write_and_print(args.out)
