@@ -68,8 +68,10 @@ def test_a_runs_dir_reports_rows_shared_and_per_user_parts(tmp_path: Path):
     md = (tmp_path / "out" / "per_user_drift.md").read_text()
     assert "| T | OPPU LoRA, one per user | 3 |" in md
     per_user_drift.main(["--runs", f"T={runs}", "--out", str(tmp_path / "out"), "--name", "drift_other"])
-    other = (tmp_path / "out" / "drift_other.md").read_text()
-    assert [ln for ln in other.splitlines() if ln.startswith("|")] == [ln for ln in md.splitlines() if ln.startswith("|")]
+    def table(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("|")]
+
+    assert table((tmp_path / "out" / "drift_other.md").read_text()) == table(md)
 
 
 def test_an_empty_or_unnamed_runs_dir_is_an_error(tmp_path: Path):
