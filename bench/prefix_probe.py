@@ -15,7 +15,7 @@ Each variant is scored with LaMP's metric on the same targets (the ones bench/qu
 --task/--source/--users/--stage1-users/--min-profile/--seed; with --val-latest, on their latest history item, as a
 val-latest run of bench/quality.py scored them) and paired against the model as trained (bootstrap
 95% CI of the difference). --control names a result_*.json of bench/quality.py (e.g. the same-budget control's)
-to pair against as well. Writes results/prefix_probe_<label>.{json,md}.
+to pair against as well. Writes results/prefix_probe_<label>[_<tag>].{json,md}.
 """
 
 from __future__ import annotations
@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--val-latest", action="store_true",
                     help="score the targets on their latest history item, as bench/quality.py --val-latest did "
                          "(for a model from its val-latest-* dir); results go to prefix_probe_<label>_val_latest.*")
+    ap.add_argument("--tag", default="", help="appended to the results' name: a run of other settings on the "
+                    "same task keeps its own file")
     ap.add_argument("--rows-only", action="store_true", help="print how far the user rows moved, and stop")
     args = ap.parse_args()
     if args.rows_only:
@@ -171,6 +173,7 @@ def main() -> None:
     from tapper.backbone import load_backbone
 
     label = run_label(args.task, args.source, args.backbone) + ("_val_latest" if args.val_latest else "")
+    label += f"_{args.tag}" if args.tag else ""
     target = _targets(args)
     model = TapperModel.from_pretrained(args.run, backbone=load_backbone(args.backbone))
     if model.task.name != target.task:
