@@ -62,7 +62,7 @@ from tapper.backbone import load_backbone
 from tapper.engine import GenerationRequest, TapperEngine
 from tapper.prefix.model import TapperModel
 from tapper.prefix.user_state import quantize_rows_int8
-from tapper.store import StoreError, UserStateCache, UserStore
+from tapper.store import UserStateCache, UserStore
 from tapper.train import init_run, resolve_configs
 
 TASK = "LaMP_3"
@@ -76,27 +76,11 @@ WORDS = ("great", "value", "broke", "after", "a", "week", "smells", "lovely", "m
 # ---------------------------------------------------------------------------------------------- row formats
 
 def encode_int8(rows: torch.Tensor) -> list[bytes]:
-    """Each row as int8 numbers followed by its float32 scale (row ~= q * scale)."""
+    """Each row as int8 numbers followed by its float32 scale (row ~= q * scale): tapper.store.rows' int8 format,
+    encoded a whole batch at a time for the bulk fill."""
     q, scale = quantize_rows_int8(rows)
     q_bytes = q.numpy()
     return [q_bytes[i].tobytes() + INT8_SCALE.pack(float(scale[i])) for i in range(len(q_bytes))]
-
-
-def decode_int8(data: bytes, row_size: int, what: str) -> torch.Tensor:
-    if len(data) != row_size + INT8_SCALE.size:
-        raise StoreError(f"int8 P_u row of {what} is {len(data)} bytes, expected {row_size + INT8_SCALE.size}")
-    q = np.frombuffer(bytes(data), dtype=np.int8, count=row_size)
-    (scale,) = INT8_SCALE.unpack_from(data, row_size)
-    return torch.from_numpy(q.astype(np.float32) * np.float32(scale))
-
-
-class Int8RowStore(UserStore):
-    """The store with int8 rows: the store's own query, decoding int8 + scale."""
-
-    def decode_row(self, data: bytes, size: int, expected_size: int | None, what: str) -> torch.Tensor:
-        if expected_size is not None and size != expected_size:
-            raise StoreError(f"P_u row of {what} has {size} numbers, expected {expected_size}")
-        return decode_int8(data, size, what)
 
 
 def encode_float32(rows: torch.Tensor) -> list[bytes]:
@@ -370,7 +354,7 @@ def summary(parts: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 def fill_phase(backend: Backend, args, log: Callable[[str], None]) -> dict[str, Any]:
     """Create the store (the store's own schema and row-size binding) and fill it."""
     row_size = row_size_of(args.backbone)
-    store = store_class(args.row_format)(backend.url)  # creates the tables, exactly as `tapper serve` does
+    store = open_store(backend.url, args.row_format)  # creates the tables, exactly as `tapper serve` does
     store.bind_row_size(row_size)
     store.close()
     began = time.perf_counter()
@@ -398,7 +382,7 @@ def measure_phase(backend: Backend, args, log: Callable[[str], None]) -> dict[st
     row_size = engine.row_size
     out["backbone"] = engine.model.backbone_name
     rss_engine = rss_bytes()
-    store = store_class(args.row_format)(backend.url)
+    store = open_store(backend.url, args.row_format)
     try:
         if store.count_users() != args.users:
             raise SystemExit(f"{backend.name}: the store counts {store.count_users()} users, filled {args.users}")
@@ -462,8 +446,9 @@ def measure_phase(backend: Backend, args, log: Callable[[str], None]) -> dict[st
     return out
 
 
-def store_class(row_format: str) -> type[UserStore]:
-    return Int8RowStore if row_format == "int8" else UserStore
+def open_store(url: str, row_format: str) -> UserStore:
+    """The store itself: it reads rows of either format (tapper.store.rows) and writes new ones in row_format."""
+    return UserStore(url, row_format=row_format)
 
 
 def row_size_of(backbone: str) -> int:

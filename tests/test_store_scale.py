@@ -19,6 +19,7 @@ import store_scale  # noqa: E402  (a bench script: found through bench/ on sys.p
 
 from tapper.prefix.user_state import dequantize_rows_int8, quantize_rows_int8  # noqa: E402
 from tapper.store import UserStateCache, UserStore  # noqa: E402
+from tapper.store.rows import decode_row  # noqa: E402
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not PG_URL, reason="no TAPPER_TEST_PG_URL"))]
 
@@ -29,7 +30,7 @@ def test_int8_rows_round_trip_as_the_user_table_quantizes():
     expected = dequantize_rows_int8(q, scale)
     for i, data in enumerate(store_scale.encode_int8(rows)):
         assert len(data) == 40 + 4
-        assert torch.equal(store_scale.decode_int8(data, 40, "u"), expected[i])
+        assert torch.equal(decode_row(data, 40, 40, "u"), expected[i])  # what the store reads back
 
 
 def collect(n_users: int, row_size: int, row_format: str, records: int) -> tuple[list, list]:
@@ -46,24 +47,23 @@ def test_bulk_fill_is_read_back_by_the_store(tmp_path, backend_name, row_format)
     backend = (store_scale.SqliteBackend(tmp_path) if backend_name == "sqlite"
                else store_scale.PostgresBackend(PG_URL))
     try:
-        store = store_scale.store_class(row_format)(backend.url)
+        store = store_scale.open_store(backend.url, row_format)
         store.bind_row_size(24)
         store.close()
         backend.fill(store_scale.fill_batches(20, 24, row_format, 3, chunk=7, seed=3), lambda done: None)
         users, recs = collect(20, 24, row_format, 3)
-        store = store_scale.store_class(row_format)(backend.url)
+        store = store_scale.open_store(backend.url, row_format)
         try:
             assert store.count_users() == 20
             cache = UserStateCache(store, 10, 24)
             for i in (0, 8, 19):
                 state = cache.get(store_scale.TENANT, store_scale.user_name(i))
                 data = users[i][5]
-                row = (store_scale.decode_int8(data, 24, "u") if row_format == "int8"
+                row = (decode_row(data, 24, 24, "u") if row_format == "int8"
                        else torch.frombuffer(bytearray(data), dtype=torch.float32))
                 assert torch.equal(state.row, row)
                 assert [it.fields for it in state.history] == [json.loads(r[4]) for r in recs[3 * i: 3 * i + 3]]
-            if row_format == "float32":
-                assert isinstance(store, UserStore) and type(store) is UserStore  # the store exactly as it is
+            assert type(store) is UserStore  # the store exactly as it is, for either row format
         finally:
             store.close()
     finally:

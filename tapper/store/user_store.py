@@ -296,11 +296,7 @@ class UserStore:
         user_id, version, data, size = found
         if data is None:
             return int(version), None
-        return int(version), self.decode_row(data, int(size), expected_size, f"user {user_id!r}")
-
-    def decode_row(self, data: bytes, size: int, expected_size: int | None, what: str) -> torch.Tensor:
-        """One stored P_u row as floats; a store with another row encoding overrides this alone."""
-        return decode_row(data, size, expected_size, what)
+        return int(version), decode_row(data, int(size), expected_size, f"user {user_id!r}")
 
     def delete_user(self, tenant: str, user_id: str) -> bool:
         """Forget a user: records, row and jobs go in one transaction. False if there was no such user.
