@@ -94,7 +94,7 @@ def main() -> None:
                 diff = nll[way][:, i] - nll[WAYS[0]][:, i]
                 mean, low, high = mean_difference_ci(diff, args.seed)
                 row[f"{key}_minus_no_prefix"], row[f"{key}_ci95"] = mean, (low, high)
-                cells[i] = "{:+.3f} [{:+.3f}, {:+.3f}]".format(diff.mean(), *row[f"{key}_ci95"])
+                cells[i] = f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
         data[way] = row
         rows.append([way, round(row["prompt_nll"], 3), cells[0], round(row["answer_nll"], 3), cells[1]])
     label = run_label(args.task, args.source, args.backbone)

@@ -312,7 +312,7 @@ def run_differences(task: str, metric: str, golds: dict[str, str],
 
 
 def mean_difference_ci(diffs: np.ndarray, seed: int, n: int = 1000,
-                 resample_runs: bool = False) -> tuple[float, float, float]:
+                       resample_runs: bool = False) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap of the mean of a (runs, questions) array of paired differences.
     Each draw resamples questions, the same ones in every run, so a question's difference counts once, averaged
     over the runs. With `resample_runs` it also draws the runs with replacement (a two-level bootstrap): the
