@@ -8,7 +8,8 @@ with other seeds (`bench/quality.py --set seed=N`, each seed with its own --runs
 `--set seed` drives every stage (stage 1's data order and LoRA init, stage 2's, the user rows' init), so a
 seed's run is a whole retraining, not a resample of one. For each seed this reports each method's score and
 the paired difference of `--a` minus each `--b` (default TAP-PER minus the same-budget control; repeat --b for
-several opponents, e.g. `--b nonpersonal --b oppu --b pplug`) with its bootstrap CI; across seeds, each
+several opponents, e.g. `--b nonpersonal --b oppu --b pplug`, or a floor as `--b "floor:most frequent"`,
+whose answers are made once on these users and are the same in every seed) with its bootstrap CI; across seeds, each
 method's spread and, for each pair of seeds, how far one method moved between them (paired CI, answers
 changed); and, over the seeds with answers, a minus each b averaged per question over the seeds, with one
 bootstrap interval that resamples users and one that resamples users and seeds (tapper.compare.report.
@@ -30,13 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, Result, Table
-from pair_results import pair, read_kept, users
+from pair_results import load_answers, pair, read_kept, users
 from quality import OTHER_SOURCES, SOURCES
 from quality_summary import TAPPER, SummaryError, load_task, paired_from_notes, verdict
 
 from tapper.compare.report import mean_difference_ci, run_differences
+from tapper.data.records import LampSplit
 from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
+
+
+def is_floor(method: str) -> bool:
+    return method.startswith("floor:")
 
 
 def result_file(runs: Path, method: str) -> Path:
@@ -44,6 +50,18 @@ def result_file(runs: Path, method: str) -> Path:
     if not path.exists():
         raise SystemExit(f"{path}: no kept result of {method!r} in this seed's runs dir")
     return path
+
+
+def read_methods(seeds: dict[str, Path], methods: list[str], target: LampSplit,
+                 others: LampSplit) -> dict[str, dict[str, dict[str, Any]]]:
+    """kept[seed][method]: each seed's kept result of each method, read once. A floor ("floor:<words>") trains
+    nothing: it is made once on these users and stands in every seed with the same answers."""
+    floors = {}
+    for m in filter(is_floor, methods):
+        name, answers = load_answers(m, target, others)
+        floors[m] = {"name": name, "predictions": answers}
+    return {s: {m: floors[m] if is_floor(m) else read_kept(result_file(d, m)) for m in methods}
+            for s, d in seeds.items()}
 
 
 def table_settings(path: Path, runs: Path | None = None) -> dict[str, Any]:
@@ -90,6 +108,10 @@ def table_seed(path: Path, names: dict[str, str], a: str, bs: list[str], metric:
     gaps = {}
     for b in bs:
         paired = rows[names[a]].get("paired", {}).get(names[b])
+        flipped = rows[names[b]].get("paired", {}).get(names[a])  # each row keeps itself minus TAP-PER
+        if paired is None and flipped is not None:
+            low, high = flipped["ci95"]
+            paired = {**flipped, "difference": 0.0 - flipped["difference"], "ci95": [0.0 - high, 0.0 - low]}
         if paired is None and names[a] == TAPPER:  # a table from before rows kept their pairs: its report's notes
             ci = paired_from_notes(path.with_suffix(".md"), data).get(names[b])
             paired = ci and {"metric": metric, "difference": scores[a] - scores[b], "ci95": ci}
@@ -176,7 +198,8 @@ def tables(out: dict[str, Any], methods: list[str]) -> list[Table]:
                      ["seed", *methods, *(f"{a} - {b}" for b in bs)], rows)
     rows = [[m, pair_name, d["score_a"], d["score_b"], d["difference"], "[{:+.3f}, {:+.3f}]".format(*d["ci95"]),
              d["answers_differ"]]
-            for m in methods for pair_name, d in out["per_method"][m]["between_seeds"].items()]
+            for m in methods if not is_floor(m)  # a floor answers alike in every seed
+            for pair_name, d in out["per_method"][m]["between_seeds"].items()]
     between = Table(f"One method against itself, trained with two seeds ({metric}, paired 95% CI)",
                     ["method", "seeds", "score, first", "score, second", "difference", "paired 95% CI",
                      "answers differ"], rows)
@@ -238,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default="tapper,nonpersonal", help="kept results to read, as result_<method>.json")
     ap.add_argument("--a", default="tapper")
     ap.add_argument("--b", action="append", default=[],
-                    help="an opponent of --a (default nonpersonal, the same-budget control); repeatable")
+                    help="an opponent of --a (default nonpersonal, the same-budget control), or \"floor:<words>\" "
+                         "naming one of the task's floors; repeatable")
     ap.add_argument("--label", required=True, help="names the output: results/seed_spread_<label>.*")
     ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
     ap.add_argument("--source", choices=list(OTHER_SOURCES), default=None)
@@ -273,12 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     for m in (args.a, *bs):
         if m not in methods:
             methods.append(m)
-    target, _ = users(args)
+    target, others = users(args)
     golds = {q.id: target.gold(q.id) for q in target.questions}
-    kept = {s: {m: read_kept(result_file(d, m)) for m in methods} for s, d in seeds.items()}  # each read once
+    kept = read_methods(seeds, methods, target, others)
     answers = {s: {m: kept[s][m]["predictions"] for m in methods} for s in seeds}
-    recorded = {f"{result_file(d, m)}": (s, kept[s][m].get("settings_read"))
-                for s, d in seeds.items() for m in methods}
+    recorded = {f"{result_file(d, m)}": (s, kept[s][m].get("settings_read"))  # a floor trains nothing
+                for s, d in seeds.items() for m in methods if not is_floor(m)}
     # a result from before results recorded their settings is covered by its seed's own table, where given
     unchecked = check_same_settings({
         **{where: kept for where, (s, kept) in recorded.items() if kept is not None or s not in tables_of},

@@ -215,3 +215,37 @@ def test_spread_pools_the_seeds_with_answers_per_opponent():
                   tabled={"0": {"scores": {"tapper": 0.0, "nonpersonal": 1.0, "oppu": 0.0},
                                 "gaps": {"oppu": {"difference": 0.0, "ci95": [0.0, 0.0], "answers_differ": None}}}}
                   )["gaps"]["oppu"]["pooled"] is None  # one seed with answers: nothing to pool
+
+
+def test_a_floor_opponent_is_made_once_and_answers_alike_in_every_seed(tmp_path: Path):
+    from seed_spread import read_methods
+    from test_pair_results import _rating_split
+
+    target = _rating_split({"q1": [4, 4], "q2": [1, 2]}, {"q1": "4", "q2": "2"})
+    seeds = {}
+    for seed, answers in (("1", {"q1": "4", "q2": "2"}), ("2", {"q1": "5", "q2": "2"})):
+        seeds[seed] = tmp_path / seed
+        seeds[seed].mkdir()
+        (seeds[seed] / "result_tapper.json").write_text(json.dumps({"name": "TAP-PER", "predictions": answers}))
+    kept = read_methods(seeds, ["tapper", "floor:always 5"], target, _rating_split({}, {}))
+    assert kept["1"]["floor:always 5"] == kept["2"]["floor:always 5"] == {
+        "name": "always 5 (floor)", "predictions": {"q1": "5", "q2": "5"}}
+    assert kept["2"]["tapper"]["predictions"] == {"q1": "5", "q2": "2"}
+    answers = {s: {m: kept[s][m]["predictions"] for m in kept[s]} for s in kept}
+    out = spread("LaMP_3", {"q1": "4", "q2": "2"}, answers, "tapper", ["floor:always 5"])
+    assert [d["gaps"]["floor:always 5"]["difference"] for d in out["per_seed"].values()] == [-2.0, -1.5]
+    with pytest.raises(SystemExit, match="no floor of LaMP_3 matches"):
+        read_methods(seeds, ["tapper", "floor:majority"], target, _rating_split({}, {}))
+
+
+def test_a_table_pair_kept_on_the_opponent_row_is_flipped_to_a_minus_b(tmp_path: Path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"task": "LaMP_3", "results": [
+        {"method": "TAP-PER", "metrics": {"mae": 0.25}, "ci95": {"mae": [0.0, 0.5]}, "examples": {}, "paired": {}},
+        {"method": "always 5 (floor)", "metrics": {"mae": 1.0}, "ci95": {"mae": [0.5, 1.5]}, "examples": {},
+         "paired": {"TAP-PER": {"metric": "mae", "difference": 0.75, "ci95": [0.25, 1.25]}}},
+    ]}), encoding="utf-8")
+    seed = table_seed(path, {"tapper": "TAP-PER", "floor:always 5": "always 5 (floor)"}, "tapper",
+                      ["floor:always 5"], "mae", GOLDS)
+    assert seed["gaps"]["floor:always 5"]["difference"] == pytest.approx(-0.75)
+    assert seed["gaps"]["floor:always 5"]["ci95"] == [-1.25, -0.25]
