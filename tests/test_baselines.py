@@ -461,13 +461,23 @@ def test_make_baseline_rejects_unknown_names(tiny_backbone, tmp_path: Path):
 
 
 def test_floors_for_each_task_answer_every_question_from_the_question_alone():
-    from tapper.baselines.floors import floors
+    from tapper.baselines.floors import LAMP7_INSTRUCTION, floors
     from tapper.data.records import LampSplit, ProfileItem, Question
 
     article = "Generate a headline for the following article: " + " ".join(f"w{i}" for i in range(30))
     lamp4 = LampSplit("LaMP_4", [Question("q1", article, [], user_id="u")], {"q1": "gold"})
-    (name, preds), = floors("LaMP_4", lamp4).items()
-    assert "floor" in name and preds == {"q1": " ".join(f"w{i}" for i in range(12))}
+    lead, latest = floors("LaMP_4", lamp4).values()
+    assert lead == latest == {"q1": " ".join(f"w{i}" for i in range(12))}  # no history: the lookup falls back
+    headlines = [ProfileItem("h1", {"text": "t", "title": "older headline"}, 1.0, 0),
+                 ProfileItem("h2", {"text": "t", "title": "newer headline"}, 2.0, 1)]
+    lamp4.questions[0].profile = headlines
+    assert floors("LaMP_4", lamp4)["user's most recent past headline (floor)"] == {"q1": "newer headline"}
+    tweets = [ProfileItem("t1", {"text": "first tweet"}, None, 0), ProfileItem("t2", {"text": "last tweet"}, None, 1)]
+    lamp7 = LampSplit("LaMP_7", [Question("a", LAMP7_INSTRUCTION + "hi there", tweets, user_id="u"),
+                                 Question("b", LAMP7_INSTRUCTION + "bye", [], user_id="v")], {"a": "x", "b": "y"})
+    got7 = floors("LaMP_7", lamp7)
+    assert got7["copy the input (floor)"] == {"a": "hi there", "b": "bye"}
+    assert got7["user's last past tweet (floor)"] == {"a": "last tweet", "b": "bye"}
 
     history = [ProfileItem("p1", {"text": "a", "category": "food"}, None, 0),
                ProfileItem("p2", {"text": "b", "category": "food"}, None, 1)]

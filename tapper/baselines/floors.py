@@ -26,24 +26,33 @@ def mean_past_rating(q: Question) -> str:
     return f"{statistics.mean(scores):.3f}" if scores else "5"
 
 
+def last_output(q: Question, field: str, fallback: str) -> str:
+    """The user's latest past output (profiles are ordered by (day, position): the last listed where undated);
+    the fallback for a user without history."""
+    return str(q.profile[-1].get(field, "")) if q.profile else fallback
+
+
 def floors(task: str, target: LampSplit, others: LampSplit | None = None) -> dict[str, dict[str, str]]:
-    """{floor name: {question id: prediction}} for the task (empty where LaMP has no standard floor)."""
+    """{floor name: {question id: prediction}} for the task (empty where LaMP has no standard floor). Each
+    generation task has a user-blind floor from the input and a user lookup that reads only the history."""
     out: dict[str, dict[str, str]] = {}
     if task == "LaMP_7":
-        out["copy the input (floor)"] = {q.id: q.input.removeprefix(LAMP7_INSTRUCTION) for q in target.questions}
+        copied = {q.id: q.input.removeprefix(LAMP7_INSTRUCTION) for q in target.questions}
+        out["copy the input (floor)"] = copied
+        out["user's last past tweet (floor)"] = {q.id: last_output(q, "text", copied[q.id]) for q in target.questions}
     if task == "LaMP_4":
-        out[f"first {LEAD_WORDS} words of the article (floor)"] = {
-            q.id: lead_words(q.input.removeprefix(LAMP4_INSTRUCTION)) for q in target.questions}
+        lead = {q.id: lead_words(q.input.removeprefix(LAMP4_INSTRUCTION)) for q in target.questions}
+        out[f"first {LEAD_WORDS} words of the article (floor)"] = lead
+        out["user's most recent past headline (floor)"] = {q.id: last_output(q, "title", lead[q.id])
+                                                           for q in target.questions}
     if task == "LaMP_3":
         out["user's mean past rating (floor)"] = {q.id: mean_past_rating(q) for q in target.questions}
         out["always 5 (floor)"] = {q.id: "5" for q in target.questions}
     if task == "LaMP_5R":
-        out[f"first {REDDIT_LEAD_WORDS} words of the post (floor)"] = {
-            q.id: lead_words(content(task, q.input), REDDIT_LEAD_WORDS) for q in target.questions}
-        out["user's most recent past title (floor)"] = {
-            q.id: str(q.profile[-1].get("title", "")) if q.profile else lead_words(content(task, q.input),
-                                                                                  REDDIT_LEAD_WORDS)
-            for q in target.questions}
+        lead = {q.id: lead_words(content(task, q.input), REDDIT_LEAD_WORDS) for q in target.questions}
+        out[f"first {REDDIT_LEAD_WORDS} words of the post (floor)"] = lead
+        out["user's most recent past title (floor)"] = {q.id: last_output(q, "title", lead[q.id])
+                                                        for q in target.questions}
     label = LABEL_FIELDS.get(task)
     if label is not None and others is not None and others.golds:
         majority = Counter(others.golds.values()).most_common(1)[0][0]
