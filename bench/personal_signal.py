@@ -1,7 +1,7 @@
 """How much a user's own history says about their next answer, before any model, per task; beside it, how far
 TAP-PER got past the same-budget control there.
 
-    .venv/bin/python bench/personal_signal.py          # every SmolLM2 task of results/README 2.1, its table's users
+    .venv/bin/python bench/personal_signal.py          # every task of results/README 2.1, its table's users
 
 For each task, its user lookup (the floor that reads only the user's history: the most frequent past label, the
 mean past rating, the latest past output) answers each target twice: from the user's own history, and from
@@ -54,6 +54,9 @@ TASKS = (
     TaskUsers("LaMP_5R", "LaMP_5R", 60, "most recent", "words of the post", stage1_users=200),
     TaskUsers("LaMP_4", "LaMP_4", 114, "most recent", "words of the article"),
     TaskUsers("LaMP_7", "LaMP_7", 300, "last past tweet", "copy the input"),
+    # the same users on the second backbone: the same signal, TAP-PER's gap from Gemma's tables
+    TaskUsers("LaMP_2N_gemma3-270m", "LaMP_2N", 96, "most frequent", "majority"),
+    TaskUsers("LaMP_3_gemma3-270m", "LaMP_3", 69, "mean past", "always 5"),
 )
 
 
