@@ -37,16 +37,20 @@ def users(args: argparse.Namespace) -> tuple[LampSplit, LampSplit]:
     return (hold_out_latest(target) if args.val_latest else target), others
 
 
+def choose_floor(made: dict[str, dict[str, str]], words: str, task: str) -> tuple[str, dict[str, str]]:
+    """(name, answers) of the one floor in `made` (tapper.baselines.floors' output) whose name holds `words`."""
+    wanted = words.strip().lower()
+    chosen = [name for name in made if wanted in name.lower()]
+    if len(chosen) != 1:
+        raise SystemExit(f"{'floor:' + words!r}: {'no' if not chosen else 'more than one'} floor of {task} "
+                         f"matches; its floors: {sorted(made)}")
+    return chosen[0], made[chosen[0]]
+
+
 def load_answers(operand: str, target: LampSplit, others: LampSplit) -> tuple[str, dict[str, str]]:
     """(name, {question id: answer}) of a kept result file, or of the floor named by `floor:<words>`."""
     if operand.startswith("floor:"):
-        words = operand.removeprefix("floor:").strip().lower()
-        made = floors(target.task, target, others)
-        chosen = [name for name in made if words in name.lower()]
-        if len(chosen) != 1:
-            raise SystemExit(f"{operand!r}: {'no' if not chosen else 'more than one'} floor of {target.task} "
-                             f"matches; its floors: {sorted(made)}")
-        return chosen[0], made[chosen[0]]
+        return choose_floor(floors(target.task, target, others), operand.removeprefix("floor:"), target.task)
     path = Path(operand)
     kept = read_kept(path)
     return f"{kept['name']} ({path})", kept["predictions"]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, Result, Table
+from pair_results import choose_floor
 from quality import choose_users
 from quality_summary import CONTROL, TAPPER, load_task, task_rows, verdict
 
@@ -60,15 +61,6 @@ TASKS = (
 )
 
 
-def floor(words: str, target: LampSplit, others: LampSplit) -> tuple[str, dict[str, str]]:
-    """(name, answers) of the one floor of the task whose name holds `words`."""
-    made = floors(target.task, target, others)
-    chosen = [name for name in made if words in name]
-    if len(chosen) != 1:
-        raise SystemExit(f"{target.task}: {len(chosen)} floors match {words!r}; its floors: {sorted(made)}")
-    return chosen[0], made[chosen[0]]
-
-
 def handed_round(target: LampSplit, seed: int) -> LampSplit:
     """The same questions, each with the history of another target user (a shuffled cycle: nobody keeps their
     own, and every history is used once)."""
@@ -85,9 +77,11 @@ def personal_signal(target: LampSplit, others: LampSplit, task: TaskUsers, draws
         raise SystemExit(f"{target.task}: needs at least two target users to hand histories round")
     metric, higher = primary_metric(target.task)
     golds = {q.id: target.gold(q.id) for q in target.questions}
-    name, own = floor(task.lookup, target, others)
-    blind_name, blind = floor(task.blind, target, others)
-    foreign = [floor(task.lookup, handed_round(target, seed + d), others)[1] for d in range(draws)]
+    made = floors(target.task, target, others)  # once for both of the user's own floors
+    name, own = choose_floor(made, task.lookup, target.task)
+    blind_name, blind = choose_floor(made, task.blind, target.task)
+    foreign = [choose_floor(floors(target.task, handed_round(target, seed + d), others), task.lookup,
+                            target.task)[1] for d in range(draws)]
 
     def paired(runs: list[tuple[dict[str, str], dict[str, str]]]) -> dict[str, Any]:
         mean, low, high = mean_difference_ci(run_differences(target.task, metric, golds, runs), seed)

@@ -44,7 +44,7 @@ def test_personal_signal_scores_the_lookup_on_own_and_foreign_histories():
     assert got["own_vs_other"]["difference"] == pytest.approx(1.0)
     assert got["own_vs_other"]["verdict"] == "ahead" and got["own_vs_blind"]["verdict"] == "ahead"
     assert got["blind_floor"] == "majority category, 'politics' (floor)"
-    with pytest.raises(SystemExit, match="0 floors match 'nothing like this'"):
+    with pytest.raises(SystemExit, match="'floor:nothing like this': no floor of LaMP_2N matches"):
         personal_signal(split, others, TaskUsers("x", "LaMP_2N", 3, "nothing like this", "majority"), 1, 0)
 
 
