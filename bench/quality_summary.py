@@ -11,7 +11,10 @@ intervals need each method's per-question answers, which the JSON does not keep 
 they are read from the rows' "paired" entries (tapper.compare.report writes them); for results written
 before that, from the "TAP-PER vs ..." notes of the task's own .md, only where the note's two values match
 the JSON's. Those notes give every method against TAP-PER but, against the control, TAP-PER alone; a missing
-interval is shown as "-", never replaced by one from the unpaired CIs. Writes results/quality_summary.{json,md,png}.
+interval is shown as "-", never replaced by one from the unpaired CIs. Last, one row per (seed spread, opponent)
+from results/seed_spread_*.json (bench/seed_spread.py): how the verdict held over training seeds and the pooled
+difference with users and seeds resampled, since one table's interval covers its users, not its training run.
+Writes results/quality_summary.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -137,6 +140,11 @@ OPPONENTS = [("control", CONTROL), ("RAG", "RAG"), ("PAG", "PAG"), ("OPPU", "OPP
 
 VERDICTS = ("ahead", "ahead, at the edge", "tie", "behind, at the edge", "behind", "no paired CI")
 
+# bench/seed_spread.py names opponents by their --methods key; the seed table shows the scoreboard's column names
+SPREAD_NAMES = {"nonpersonal": "control", "rag": "RAG", "pag": "PAG", "oppu": "OPPU", "perpcs": "PER-PCS",
+                "pplug": "PPlug", "no-pu": "w/o P_u", "no-pq": "w/o P_q", "no-time": "w/o time decay",
+                "no-bridge": "w/o bridge"}
+
 
 def verdict(diff: float, ci: list[float] | None, higher: bool) -> str:
     """TAP-PER against one method, from TAP-PER minus it: "ahead" / "behind" when the paired CI leaves zero on
@@ -194,6 +202,58 @@ def scoreboard(tasks: list[dict[str, Any]]) -> tuple[Table, list[dict[str, Any]]
     return table, board
 
 
+def _verdict_order(v: str) -> int:
+    return VERDICTS.index(v) if v in VERDICTS else len(VERDICTS)
+
+
+def default_spreads(results: Path) -> list[str]:
+    return sorted(p.stem.removeprefix("seed_spread_") for p in results.glob("seed_spread_*.json"))
+
+
+def seed_rows(label: str, path: Path) -> list[dict[str, Any]]:
+    """One row per opponent of a seed_spread_<label>.json: the seeds, the verdict per seed, whether the sign held,
+    and the pooled difference (absent where a single seed had answers to pool)."""
+    try:
+        data = json.loads(path.read_text())
+        rows = []
+        for b in data["bs"]:
+            gap = data["gaps"][b]
+            pooled = gap.get("pooled") or None
+            rows.append({
+                "spread": label, "task": data["task"], "users": data["users"], "metric": data["metric"],
+                "opponent": SPREAD_NAMES.get(b, b) if data["a"] == "tapper" else f"{data['a']} minus {b}",
+                "seeds": sorted(data["per_seed"], key=int),
+                "seed_verdicts": {v: gap["verdicts"][v] for v in sorted(gap["verdicts"], key=_verdict_order)},
+                "same_sign": bool(gap["same_sign"]), "mean": float(gap["mean"]),
+                "pooled": None if pooled is None else {
+                    "seeds": pooled["seeds"], "difference": float(pooled["difference"]),
+                    "ci95": [float(x) for x in pooled["users_and_seeds"]["ci95"]],
+                    "verdict": pooled["users_and_seeds"]["verdict"]}})
+    except FileNotFoundError:
+        raise SummaryError(f"{path}: no such seed spread (run bench/seed_spread.py for it first)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SummaryError(f"{path}: not a readable JSON file ({err})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise SummaryError(f"{path}: not a bench/seed_spread.py result (missing or bad {err})") from None
+    return rows
+
+
+def seed_table(rows: list[dict[str, Any]]) -> Table:
+    def pooled(r: dict[str, Any]) -> str:
+        p = r["pooled"]
+        if p is None:
+            return "-"
+        return (f"{p['verdict']}: {p['difference']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] "
+                f"(seeds {', '.join(p['seeds'])})")
+
+    return Table("Over training seeds: TAP-PER minus each opponent per seed, and pooled (users and seeds resampled)",
+                 ["seed spread (task, users, metric)", "opponent", "seeds", "verdict per seed", "same sign",
+                  "mean difference", "pooled, 95% CI"],
+                 [[f"{r['spread']} ({r['task']}, {r['users']}, {r['metric']})", r["opponent"],
+                   ", ".join(r["seeds"]), "; ".join(f"{n} {v}" for v, n in r["seed_verdicts"].items()),
+                   "yes" if r["same_sign"] else "no", f"{r['mean']:+.3f}", pooled(r)] for r in rows])
+
+
 def plot_tasks(tasks: list[dict[str, Any]]):
     """One panel per task: each method's primary metric with its 95% CI; TAP-PER green and bold, the control
     orange, floors grey with a dashed line at their value (what a method has to beat)."""
@@ -239,7 +299,8 @@ def plot_tasks(tasks: list[dict[str, Any]]):
     return draw
 
 
-def summarize(labels: list[str], results: Path) -> Result:
+def summarize(labels: list[str], results: Path, spreads: list[str] | None = None) -> Result:
+    """spreads: seed_spread_<label>.json labels for the seed table (None: every one in results)."""
     if not labels:
         raise SummaryError(f"{results}: no quality_*.json results to summarize")
     tasks, tables = [], []
@@ -255,6 +316,8 @@ def summarize(labels: list[str], results: Path) -> Result:
                       "paired_source": source, "rows": rows})
         tables.append(task_table(label, data, rows))
     board_table, board = scoreboard(tasks)
+    spreads = default_spreads(results) if spreads is None else spreads
+    over_seeds = [r for label in spreads for r in seed_rows(label, results / f"seed_spread_{label}.json")]
     commits = {t["label"]: t["commit"] for t in tasks}
     notes = ["Scoreboard: TAP-PER minus the opponent, so on MAE a negative difference is TAP-PER's win; in the "
              "per-task tables, differences are the method minus the reference. Paired CIs resample the same "
@@ -271,9 +334,14 @@ def summarize(labels: list[str], results: Path) -> Result:
             notes.append(f"{t['label']}: paired CIs read from {t['paired_source']} ({t['file']} predates the "
                          "JSON's paired entries), which compare TAP-PER with each method but the floors; against the "
                          "control they exist for TAP-PER only.")
+    if over_seeds:
+        notes.append("Over training seeds: each seed spread's own users and tables (its command is in "
+                     "results/seed_spread_<label>.md); the pooled difference averages the seeds whose answers were "
+                     "kept, and its CI resamples users and seeds. On MAE a negative difference is TAP-PER's win.")
     return Result("quality_summary", "Quality on every task: primary metric, 95% CIs, differences vs the "
-                  "control and TAP-PER", {"labels": labels, "commits": commits, "scoreboard": board, "tasks": tasks},
-                  [board_table, *tables], notes,
+                  "control and TAP-PER", {"labels": labels, "commits": commits, "scoreboard": board, "tasks": tasks,
+                                          "over_seeds": over_seeds},
+                  [board_table, *([seed_table(over_seeds)] if over_seeds else []), *tables], notes,
                   plot=plot_tasks(tasks))
 
 
@@ -282,12 +350,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--labels", default=None, help="comma-separated, e.g. LaMP_2N,LaMP_3 (default: every "
                     "quality_*.json in --results but *_val and *_compare_cli)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the quality_<label>.json files are")
+    ap.add_argument("--spreads", default=None, help="comma-separated seed_spread_<label>.json labels for the table "
+                    "over seeds (default: every one in --results; '' for none)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else \
         default_labels(args.results)
     try:
-        result = summarize(labels, args.results)
+        spreads = None if args.spreads is None else [x.strip() for x in args.spreads.split(",") if x.strip()]
+        result = summarize(labels, args.results, spreads)
     except SummaryError as err:
         raise SystemExit(f"error: {err}") from None
     result.write_and_print(args.out)

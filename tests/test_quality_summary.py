@@ -68,10 +68,23 @@ def results_dir(tmp_path: Path) -> Path:
         "better (within noise: the 95% CI of the difference spans 0).",
         "- TAP-PER vs OPPU: mae 0.4300 vs 0.6400, difference -0.2100 [-0.4200, +0.0000]: better (within noise).",
         "- TAP-PER vs PPlug: mae 0.4300 vs 0.9999, difference -0.5699 [-0.7000, -0.4000]: better.", ""]))
+    # a seed spread in bench/seed_spread.py's shape: two opponents, one pooled over seeds 1-2
+    (res / "seed_spread_LaMP_2N.json").write_text(json.dumps(seed_spread_json()))
     # neither is summarized by default
     (res / "quality_LaMP_3_val.json").write_text("{}")
     (res / "quality_LaMP_4_compare_cli.json").write_text("{}")
     return res
+
+
+def seed_spread_json() -> dict:
+    pooled = {"seeds": ["1", "2"], "difference": 0.06, "users": {"ci95": [0.02, 0.1], "verdict": "ahead"},
+              "users_and_seeds": {"ci95": [0.0, 0.12], "verdict": "ahead, at the edge"}}
+    return {"task": "LaMP_2N", "users": 96, "metric": "accuracy", "higher_is_better": True, "a": "tapper",
+            "bs": ["nonpersonal", "floor:most frequent"], "per_seed": {"2": {}, "0": {}, "1": {}},
+            "gaps": {"nonpersonal": {"mean": 0.065, "same_sign": True, "pooled": pooled,
+                                     "verdicts": {"tie": 1, "ahead": 2}},
+                     "floor:most frequent": {"mean": -0.01, "same_sign": False, "pooled": None,
+                                             "verdicts": {"tie": 3}}}}
 
 
 def md_rows(md: str) -> dict[tuple[str, str], list[str]]:
@@ -170,3 +183,30 @@ def test_the_scoreboard_gives_tapper_minus_each_opponent_and_the_verdict(results
 ])
 def test_verdict_reads_the_interval_in_the_metric_s_direction(diff, ci, higher, expected):
     assert verdict(diff, ci, higher) == expected
+
+
+def test_the_seed_table_shows_each_spread_s_verdicts_and_pooled_difference(results_dir: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    quality_summary.main(["--results", str(results_dir), "--out", str(out)])
+    md = (out / "quality_summary.md").read_text()
+    lines = [x for x in md.splitlines() if x.startswith("| LaMP_2N (LaMP_2N, 96, accuracy)")]
+    # the control under the scoreboard's name, seeds in numeric order, verdicts strongest first, pooled with seeds
+    assert lines[0].split(" | ")[1:] == ["control", "0, 1, 2", "2 ahead; 1 tie", "yes", "+0.065",
+                                         "ahead, at the edge: +0.060 [+0.000, +0.120] (seeds 1, 2) |"]
+    assert lines[1].split(" | ")[1:] == ["floor:most frequent", "0, 1, 2", "3 tie", "no", "-0.010", "- |"]
+    rows = json.loads((out / "quality_summary.json").read_text())["over_seeds"]
+    assert [r["opponent"] for r in rows] == ["control", "floor:most frequent"]
+    assert rows[0]["pooled"]["ci95"] == [0.0, 0.12] and rows[1]["pooled"] is None
+    # none asked for: no table
+    quality_summary.main(["--results", str(results_dir), "--spreads", "", "--out", str(tmp_path / "none")])
+    assert "Over training seeds" not in (tmp_path / "none" / "quality_summary.md").read_text()
+
+
+def test_a_malformed_seed_spread_is_named_in_the_error(results_dir: Path):
+    bad = seed_spread_json()
+    del bad["gaps"]["nonpersonal"]["verdicts"]
+    (results_dir / "seed_spread_LaMP_2N.json").write_text(json.dumps(bad))
+    with pytest.raises(SummaryError, match=r"seed_spread_LaMP_2N.json: not a bench/seed_spread.py result.*verdicts"):
+        summarize(["LaMP_2N"], results_dir)
+    with pytest.raises(SummaryError, match="seed_spread_LaMP_9.json: no such seed spread"):
+        summarize(["LaMP_2N"], results_dir, ["LaMP_9"])
