@@ -9,8 +9,10 @@ words, made on the same users (a table written before floors kept their answers 
 
     .venv/bin/python bench/pair_results.py --task LaMP_2N --users 96 <runs>/result_tapper.json "floor:most frequent"
 
-Prints A minus B on the task's primary metric, the bootstrap CI (1,000 paired resamples, --seed) and how many
-answers differ. The users are rebuilt with bench/quality.py's own choice (same --task/--source/--users/
+Prints A minus B on the task's primary metric, the bootstrap CI (1,000 paired resamples, --seed), how many
+answers differ, on how many questions each scores better than the other, and the score of the better of the two
+per question (an oracle choosing between them: how much two methods that tie could still add to each other).
+The users are rebuilt with bench/quality.py's own choice (same --task/--source/--users/
 --stage1-users/--min-profile/--seed, and --val-users or --val-latest as the runs had).
 """
 
@@ -24,7 +26,7 @@ from quality import OTHER_SOURCES, SOURCES, choose_users
 
 from tapper.baselines.floors import floors
 from tapper.compare import hold_out_latest
-from tapper.compare.report import paired_difference_ci
+from tapper.compare.report import paired_difference_ci, per_question_scores
 from tapper.data.records import LampSplit
 from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
@@ -72,11 +74,16 @@ def pair(task: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str],
     if missing:
         raise SystemExit(f"{len(missing)} scored users have no answer in one of the results (e.g. {missing[0]!r}): "
                          "were they made on these users?")
-    metric = primary_metric(task)[0]
+    metric, higher = primary_metric(task)
     score = {name: evaluate(task, golds, {q: p[q] for q in golds})[metric] for name, p in (("a", a), ("b", b))}
     low, high = paired_difference_ci(task, metric, golds, a, b, seed)
+    per_a, per_b = (per_question_scores(task, metric, golds, p) for p in (a, b))
+    a_better = sum((x > y) if higher else (x < y) for x, y in zip(per_a, per_b, strict=True))
+    b_better = sum((y > x) if higher else (y < x) for x, y in zip(per_a, per_b, strict=True))
+    best = [(max if higher else min)(x, y) for x, y in zip(per_a, per_b, strict=True)]
     return {"metric": metric, "score_a": score["a"], "score_b": score["b"], "difference": score["a"] - score["b"],
-            "ci95": [low, high], "answers_differ": sum(a[q] != b[q] for q in golds), "users": len(golds)}
+            "ci95": [low, high], "answers_differ": sum(a[q] != b[q] for q in golds), "a_better": a_better,
+            "b_better": b_better, "better_of_both": sum(best) / len(best), "users": len(golds)}
 
 
 def main() -> None:

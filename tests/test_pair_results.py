@@ -20,8 +20,20 @@ def test_pair_scores_both_and_counts_the_answers_that_differ():
     out = pair("LaMP_3", golds, a, b, seed=0)
     assert out["metric"] == "mae" and out["score_a"] == 0.0 and out["score_b"] == pytest.approx(1.5)
     assert out["difference"] == pytest.approx(-1.5) and out["answers_differ"] == 2 and out["users"] == 4
+    # MAE: lower is better, so a is better on both questions that differ; the better of both is a's 0.0
+    assert out["a_better"] == 2 and out["b_better"] == 0 and out["better_of_both"] == 0.0
     low, high = out["ci95"]
     assert low <= -1.5 <= high <= 0.0
+
+
+def test_two_methods_right_on_different_questions_reach_more_together():
+    golds = {"q1": "politics", "q2": "sports", "q3": "business", "q4": "politics"}
+    a = {"q1": "politics", "q2": "sports", "q3": "politics", "q4": "sports"}
+    b = {"q1": "politics", "q2": "politics", "q3": "business", "q4": "sports"}
+    out = pair("LaMP_2N", golds, a, b, seed=0)
+    assert out["score_a"] == out["score_b"] == 0.5 and out["difference"] == 0.0
+    assert out["a_better"] == 1 and out["b_better"] == 1 and out["better_of_both"] == 0.75
+    assert out["answers_differ"] == 2
 
 
 def test_pair_refuses_results_made_on_other_users():
