@@ -1,6 +1,6 @@
 """One summary of the per-task quality comparisons (results/quality_<label>.json from bench/quality.py).
 
-    .venv/bin/python bench/quality_summary.py                      # every quality_*.json but *_val, *_compare_cli
+    .venv/bin/python bench/quality_summary.py   # every quality_*.json but *_val, *_val_latest, *_compare_cli
     .venv/bin/python bench/quality_summary.py --labels LaMP_2N,LaMP_3 --out /tmp/qs
 
 First a scoreboard (one row per task): TAP-PER against the control, each peer, the best floor and each
@@ -32,7 +32,7 @@ from tapper.experiment import primary_metric
 
 TAPPER = "TAP-PER"
 ZERO_SHOT = "zero-shot backbone"
-SKIPPED_SUFFIXES = ("_val", "_compare_cli")
+SKIPPED_SUFFIXES = ("_val", "_val_latest", "_compare_cli")
 
 
 class SummaryError(Exception):
@@ -348,7 +348,7 @@ def summarize(labels: list[str], results: Path, spreads: list[str] | None = None
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--labels", default=None, help="comma-separated, e.g. LaMP_2N,LaMP_3 (default: every "
-                    "quality_*.json in --results but *_val and *_compare_cli)")
+                    "quality_*.json in --results but *_val, *_val_latest and *_compare_cli)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the quality_<label>.json files are")
     ap.add_argument("--spreads", default=None, help="comma-separated seed_spread_<label>.json labels for the table "
                     "over seeds (default: every one in --results; '' for none)")

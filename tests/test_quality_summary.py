@@ -72,6 +72,7 @@ def results_dir(tmp_path: Path) -> Path:
     (res / "seed_spread_LaMP_2N.json").write_text(json.dumps(seed_spread_json()))
     # neither is summarized by default
     (res / "quality_LaMP_3_val.json").write_text("{}")
+    (res / "quality_LaMP_2N_val_latest.json").write_text("{}")
     (res / "quality_LaMP_4_compare_cli.json").write_text("{}")
     return res
 
