@@ -22,14 +22,14 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from quality import OTHER_SOURCES, SOURCES, choose_users
 
 from tapper.baselines.floors import floors
 from tapper.compare import hold_out_latest
-from tapper.compare.report import paired_difference_ci, per_question_scores
+from tapper.compare.report import mean_difference_ci, per_question_scores
 from tapper.data.records import LampSplit
 from tapper.experiment import primary_metric
-from tapper.metrics import evaluate
 
 
 def users(args: argparse.Namespace) -> tuple[LampSplit, LampSplit]:
@@ -75,15 +75,16 @@ def pair(task: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str],
         raise SystemExit(f"{len(missing)} scored users have no answer in one of the results (e.g. {missing[0]!r}): "
                          "were they made on these users?")
     metric, higher = primary_metric(task)
-    score = {name: evaluate(task, golds, {q: p[q] for q in golds})[metric] for name, p in (("a", a), ("b", b))}
-    low, high = paired_difference_ci(task, metric, golds, a, b, seed)
-    per_a, per_b = (per_question_scores(task, metric, golds, p) for p in (a, b))
-    a_better = sum((x > y) if higher else (x < y) for x, y in zip(per_a, per_b, strict=True))
-    b_better = sum((y > x) if higher else (y < x) for x, y in zip(per_a, per_b, strict=True))
-    best = [(max if higher else min)(x, y) for x, y in zip(per_a, per_b, strict=True)]
-    return {"metric": metric, "score_a": score["a"], "score_b": score["b"], "difference": score["a"] - score["b"],
-            "ci95": [low, high], "answers_differ": sum(a[q] != b[q] for q in golds), "a_better": a_better,
-            "b_better": b_better, "better_of_both": sum(best) / len(best), "users": len(golds)}
+    # each question scored once; the primary metric is their mean, and the paired CI resamples their differences
+    per_a, per_b = (np.array(per_question_scores(task, metric, golds, p)) for p in (a, b))
+    diffs = per_a - per_b
+    gain = diffs if higher else -diffs  # > 0 where a scores better
+    low, high = mean_difference_ci(diffs, seed)[1:]
+    best = np.maximum(per_a, per_b) if higher else np.minimum(per_a, per_b)
+    return {"metric": metric, "score_a": float(per_a.mean()), "score_b": float(per_b.mean()),
+            "difference": float(diffs.mean()), "ci95": [low, high], "answers_differ": sum(a[q] != b[q] for q in golds),
+            "a_better": int((gain > 0).sum()), "b_better": int((gain < 0).sum()), "better_of_both": float(best.mean()),
+            "users": len(golds)}
 
 
 def main() -> None:
