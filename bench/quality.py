@@ -154,12 +154,15 @@ def _numbers(text: str | None, kind: type, option: str, ap: argparse.ArgumentPar
     return values
 
 
-def run_label(task: str, source: str | None, backbone: str = DEFAULT_SPECS[0]) -> str:
+def run_label(task: str, source: str | None, backbone: str = DEFAULT_SPECS[0], tag: str = "") -> str:
     """Names a run's results: quality_<label>.*. Another source or backbone gets its own name, so a Gemma run
-    never overwrites the default backbone's table."""
+    never overwrites the default backbone's table; a tag names a run of other settings (e.g. `s2ep4`), so its
+    json, md and plot are written under one name rather than renamed by hand afterwards."""
     label = task if source is None else f"{task}_{source}"
     if backbone.strip().lower() not in DEFAULT_SPECS:
         label += "_" + re.sub(r"[^A-Za-z0-9.-]+", "-", Path(backbone).name)
+    if tag:
+        label += "_" + re.sub(r"[^A-Za-z0-9.-]+", "-", tag)
     return label
 
 
@@ -181,6 +184,8 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=None, help="work dir (default runs/quality/<task>-...)")
     ap.add_argument("--fresh", action="store_true", help="ignore results kept from an earlier run")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--tag", default="", help="appended to the results' name, before any _val suffix: "
+                    "quality_<task>_<tag>[_val_latest].* for a run of other settings (--set)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="model or train config override, parsed by the field's type, for every method; "
                          "repeatable")
@@ -221,7 +226,7 @@ def main() -> None:
     onboard_lrs = _numbers(args.onboard_lrs, float, "--onboard-lrs", ap)
     if args.source is not None and OTHER_SOURCES[args.source][0] != task:
         ap.error(f"--source {args.source} builds {OTHER_SOURCES[args.source][0]}, not {task}")
-    label = run_label(task, args.source, args.backbone)
+    label = run_label(task, args.source, args.backbone, args.tag)
     # the default work dir names its backbone once, as it did before results were named by backbone
     runs = args.runs or ROOT / "runs" / "quality" / (f"{run_label(task, args.source)}-n{args.users}-s{args.seed}-"
                                                     f"{args.backbone}")

@@ -67,3 +67,5 @@ def test_a_run_on_another_backbone_or_source_writes_results_of_its_own_name():
     assert run_label("LaMP_3", "magazine", "default") == "LaMP_3_magazine"
     assert run_label("LaMP_2N", None, "gemma3-270m") == "LaMP_2N_gemma3-270m"
     assert run_label("LaMP_3", None, "/models/My Model.gguf") == "LaMP_3_My-Model.gguf"
+    assert run_label("LaMP_2", None, "default", "s2ep4") == "LaMP_2_s2ep4"
+    assert run_label("LaMP_2N", None, "gemma3-270m", "beauty recipe") == "LaMP_2N_gemma3-270m_beauty-recipe"
