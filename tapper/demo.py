@@ -30,6 +30,7 @@ from tapper.io_utils import atomic_write_text
 from tapper.metrics import evaluate
 from tapper.prefix.model import TapperModel
 from tapper.train import resolve_configs
+from tapper.train_loop import TrainingClock
 
 # One sample user's answer depends on a personal rating offset that only its history reveals. The demo has
 # 48 steps per stage, where the task configs assume hundreds: stage 1 takes a larger lr than the reference's
@@ -68,9 +69,9 @@ def run_demo(model: str = "default", out_dir: str | Path = "runs/demo", device: 
     base = TapperModel(copy_backbone(backbone), zero_shot_config(tcfg))
     results.append(evaluate_model(base, splits["test"], "zero-shot backbone"))
 
-    t0 = time.perf_counter()
-    tuned = stage1(backbone, splits["train"], tcfg, cfg, out_dir / "tapper")
-    stage1_seconds = time.perf_counter() - t0
+    with TrainingClock() as clock:
+        tuned = stage1(backbone, splits["train"], tcfg, cfg, out_dir / "tapper")
+    stage1_seconds = clock.seconds
     task_only = TapperModel(copy_backbone(tuned), zero_shot_config(tcfg))
     results.append(evaluate_model(task_only, splits["test"], "task LoRA (stage 1 only)", train_seconds=stage1_seconds))
 

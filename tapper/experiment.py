@@ -27,6 +27,7 @@ from tapper.train import (
     train_prefixes,
     train_task_lora,
 )
+from tapper.train_loop import TrainingClock
 
 
 @dataclass
@@ -94,12 +95,12 @@ def run_variant(
     torch.manual_seed(cfg.seed)
     users = sorted({q.user_id for q in target.questions})
     model = TapperModel(copy_backbone(tuned), tcfg, users)
-    began = time.perf_counter()
-    if train_stage2:
-        examples = history_examples(builder_for(model, tcfg, history_inputs), target, cfg.max_history_pairs)
-        train_prefixes(model, examples, cfg, run_dir)
-        model.save_pretrained(run_dir)
-    return evaluate_model(model, target, name, batch_size, cfg.show_progress, time.perf_counter() - began)
+    with TrainingClock() as clock:  # counts what a resumed stage 2 kept from its earlier processes
+        if train_stage2:
+            examples = history_examples(builder_for(model, tcfg, history_inputs), target, cfg.max_history_pairs)
+            train_prefixes(model, examples, cfg, run_dir)
+            model.save_pretrained(run_dir)
+    return evaluate_model(model, target, name, batch_size, cfg.show_progress, clock.seconds)
 
 
 def score_with_int8_user_state(name: str, model: TapperModel, target: LampSplit, batch_size: int = 16

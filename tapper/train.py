@@ -202,6 +202,7 @@ class StepLog:
     def report(self, result: LoopResult) -> dict:
         return {"steps": result.steps, "resumed_from": result.resumed_from, "first_loss": self.first,
                 "final_loss": result.final_loss, "seconds": round(result.seconds, 2),
+                "earlier_seconds": round(result.earlier_seconds, 2),
                 "tokens_per_second": round(result.tokens_per_second, 1)}
 
 

@@ -68,12 +68,39 @@ class LoopResult:
     final_loss: float
     mean_loss: float
     tokens: int
-    seconds: float
+    seconds: float  # this process's training time (tokens_per_second divides by it)
     resumed_from: int = 0
+    earlier_seconds: float = 0.0  # training time behind the checkpoint it resumed from, spent by earlier processes
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+# Training seconds this process kept from earlier ones: the time behind each checkpoint it resumed from (and
+# behind any finished piece of work it reused, e.g. an OPPU user's adapter). A method timed with TrainingClock
+# adds them back, so a run killed and resumed reports what its training cost in all, not its last process's share.
+_kept_seconds = 0.0
+
+
+def keep_earlier_seconds(seconds: float) -> None:
+    """Count training time an earlier process spent on work this one reuses (see TrainingClock)."""
+    global _kept_seconds
+    _kept_seconds += max(0.0, float(seconds))
+
+
+class TrainingClock:
+    """Times a piece of training across resumes: `with TrainingClock() as clock: ...`, then clock.seconds is
+    the wall time inside the block plus the earlier processes' seconds that the block kept."""
+
+    seconds: float = 0.0
+
+    def __enter__(self) -> TrainingClock:
+        self._began, self._kept = time.perf_counter(), _kept_seconds
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._began + (_kept_seconds - self._kept)
 
 
 def total_steps(n_examples: int, cfg: LoopConfig) -> int:
@@ -233,7 +260,8 @@ def _unflatten(obj, tensors: dict[str, torch.Tensor]):
 
 
 def _save_checkpoint(directory: Path, named: dict[str, nn.Parameter], optims: list[torch.optim.Optimizer],
-                     schedules: list, step: int, losses: list[float], tokens: int, fingerprint: str) -> None:
+                     schedules: list, step: int, losses: list[float], tokens: int, fingerprint: str,
+                     seconds: float) -> None:
     tensors = {n: p.detach().cpu().contiguous() for n, p in named.items()}
     atomic_write_with(directory / CKPT_PARAMS, lambda p: save_file(tensors, str(p)))
     extra: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
@@ -241,7 +269,7 @@ def _save_checkpoint(directory: Path, named: dict[str, nn.Parameter], optims: li
                        "schedules": [s.state_dict() for s in schedules]}, "opt", extra)
     atomic_write_with(directory / CKPT_OPTIM, lambda p: save_file(extra, str(p)))
     # The state file goes last: it names a step only once everything for that step is on disk.
-    state = {"step": step, "losses": losses, "tokens": tokens, "fingerprint": fingerprint,
+    state = {"step": step, "losses": losses, "tokens": tokens, "fingerprint": fingerprint, "seconds": seconds,
              "optimizer_layout": layout, "rng_python": _flatten(random.getstate(), "py", {})}
     atomic_write_text(directory / CKPT_STATE, json.dumps(state) + "\n")
 
@@ -327,12 +355,14 @@ def train(
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     fingerprint = run_fingerprint(module, named, examples, cfg) if ckpt else ""
-    start, losses, tokens = 0, [], 0
+    start, losses, tokens, earlier = 0, [], 0, 0.0
     if ckpt and (ckpt / CKPT_STATE).exists():
         kept = json.loads((ckpt / CKPT_STATE).read_text()).get("fingerprint")
         if kept == fingerprint:
             state = _load_checkpoint(ckpt, named, optims, schedules)
             start, losses, tokens = state["step"], state["losses"], state["tokens"]
+            earlier = float(state.get("seconds", 0.0))  # absent in checkpoints written before it was kept
+            keep_earlier_seconds(earlier)
         else:
             # Another run's checkpoint (other examples, settings or starting weights, e.g. a new stage 1):
             # resuming from it would silently mix two trainings.
@@ -375,7 +405,8 @@ def train(
                 on_step(step + 1, steps, losses[-1])
             if ckpt and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 if parallel is None or parallel.is_main:
-                    _save_checkpoint(ckpt, named, optims, schedules, step + 1, losses, tokens, fingerprint)
+                    _save_checkpoint(ckpt, named, optims, schedules, step + 1, losses, tokens, fingerprint,
+                                     earlier + elapsed)
                 if parallel is not None:
                     parallel.barrier()
     bar.close()
@@ -384,7 +415,7 @@ def train(
     tail = losses[-max(1, len(losses) // 10):]
     return LoopResult(
         steps=steps, final_loss=sum(tail) / len(tail), mean_loss=sum(losses) / max(1, len(losses)),
-        tokens=run_tokens, seconds=seconds, resumed_from=resumed_from,
+        tokens=run_tokens, seconds=seconds, resumed_from=resumed_from, earlier_seconds=earlier,
     )
 
 

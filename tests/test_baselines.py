@@ -28,6 +28,7 @@ from tapper.data.records import LampSplit
 from tapper.data.sample import load_sample
 from tapper.data.tasks import get_task
 from tapper.train import resolve_configs
+from tapper.train_loop import TrainingClock
 
 TASK = "LaMP_3"
 # Short inputs keep the byte-level tiny model fast; two pairs per user and batch 2 give one step per user.
@@ -562,3 +563,18 @@ def test_cli_nonpersonal_control_and_peers_set_up_as_the_comparison_does(sample,
     assert result.exit_code == 0, result.output
     assert "fine-tuned with records" in json.loads((rag / "scores.json").read_text())["method"]
     assert (rag / "stage1-rag" / "task_adapter").is_dir()
+
+
+def test_a_resumed_oppu_fit_counts_the_training_time_of_the_users_it_keeps(sample, tmp_path):
+    target = subset(sample["test"], 2)
+    users = sorted(q.user_id for q in target.questions)
+    first = make_baseline("oppu", tiny_backbone(), TASK, tmp_path, {**SMALL, "epochs": 1.0})
+    with TrainingClock() as clock:
+        first.fit(target)
+    spent = {u: first.fit_seconds(u) for u in users}
+    assert all(s > 0 for s in spent.values()) and sum(spent.values()) <= clock.seconds
+    # a rerun that keeps every user costs no new training, yet reports what the kept adapters took
+    again = make_baseline("oppu", tiny_backbone(), TASK, tmp_path, {**SMALL, "epochs": 1.0})
+    with TrainingClock() as rerun:
+        again.fit(target)
+    assert rerun.seconds >= sum(spent.values())

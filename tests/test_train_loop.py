@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+
+import pytest
 import torch
 from torch import nn
 
-from tapper.train_loop import LoopConfig, train
+from tapper.train_loop import LoopConfig, TrainingClock, train
 
 
 def _rows_after_each_step(row_sparse: bool) -> tuple[list[list[int]], list[torch.Tensor]]:
@@ -231,3 +235,34 @@ def test_length_buckets_can_be_switched_off_for_tapper_and_the_peers():
     assert _loop(TrainConfig(), 1e-3).bucket and not _loop(TrainConfig(length_buckets=False), 1e-3).bucket
     assert BaselineConfig.for_task("LaMP_3").loop(1e-3).bucket
     assert not BaselineConfig.for_task("LaMP_3", length_buckets=False).loop(1e-3).bucket
+
+
+def test_a_resumed_run_reports_the_training_time_its_checkpoint_kept(tmp_path):
+    """Timing a killed-then-resumed training must count the steps the killed process did and the checkpoint
+    kept; timing only the last process would make a resumed method look cheaper than it was."""
+    data = [torch.randn(3) for _ in range(8)]
+    cfg = LoopConfig(lr=0.01, max_steps=6, batch_size=2, checkpoint_every=2, show_progress=False)
+
+    def run(kill_at: int | None = None):
+        torch.manual_seed(0)  # the same starting weights, so the rerun is the same run and resumes
+        module, calls = nn.Linear(3, 1), [0]
+
+        def loss_fn(batch):
+            if calls[0] == kill_at:
+                raise KeyboardInterrupt
+            calls[0] += 1
+            time.sleep(0.05)  # each step costs a known minimum of wall time
+            return sum(module(x).pow(2).sum() for x in batch) / len(batch), len(batch)
+
+        return train(module, data, loss_fn, cfg, checkpoint_dir=tmp_path / "ckpt")
+
+    with pytest.raises(KeyboardInterrupt):
+        run(kill_at=5)
+    kept = json.loads((tmp_path / "ckpt" / "trainer_state.json").read_text())
+    assert kept["step"] == 4 and kept["seconds"] >= 4 * 0.05
+
+    with TrainingClock() as clock:
+        result = run()
+    assert result.resumed_from == 4
+    assert result.earlier_seconds == pytest.approx(kept["seconds"])
+    assert clock.seconds >= kept["seconds"] + result.seconds

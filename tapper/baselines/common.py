@@ -20,7 +20,7 @@ from tapper.experiment import VariantResult, shown_prompts
 from tapper.io_utils import atomic_write_text
 from tapper.metrics import evaluate
 from tapper.predict import predict_examples
-from tapper.train_loop import LoopConfig
+from tapper.train_loop import LoopConfig, TrainingClock
 
 CONFIG_NAME = "baseline_config.json"
 C = TypeVar("C", bound="BaselineConfig")
@@ -123,10 +123,10 @@ class Baseline(Protocol):
 def run_baseline(method: Baseline, target: LampSplit, batch_size: int = 16, show_progress: bool = True,
                  fit: bool = True) -> VariantResult:
     """Fit on the target users' histories, answer their questions, score with LaMP's metrics."""
-    began = time.perf_counter()
-    if fit:
-        method.fit(target)
-    train_seconds = time.perf_counter() - began
+    with TrainingClock() as clock:  # counts what a resumed fit kept from its earlier processes
+        if fit:
+            method.fit(target)
+    train_seconds = clock.seconds
     examples = method.question_examples(target)
     began = time.perf_counter()
     preds, raw = predict_examples(method.generate, examples, method.task, batch_size, method.name, show_progress)

@@ -51,13 +51,14 @@ from tapper.examples import Example, ExampleBuilder
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_with
 from tapper.lora import add_lora
-from tapper.train_loop import LoopResult, run_fingerprint, token_length, total_steps, train
+from tapper.train_loop import LoopResult, keep_earlier_seconds, run_fingerprint, token_length, total_steps, train
 
 log = logging.getLogger(__name__)
 USERS_DIR = "users"
 ADAPTER_SUFFIX = ".safetensors"
 MIXED_SLOT = "mixed"  # name prefix of the adapter slots generate_mixed loads users into
 FIT_STAMP_KEY = "tapper_fit"  # safetensors metadata: what the adapter was trained from (see fit_stamp)
+FIT_SECONDS_KEY = "tapper_fit_seconds"  # and how long its training took (a resumed fit counts kept users' time)
 
 
 @dataclass
@@ -125,6 +126,7 @@ class OppuBaseline:
             stamp = self.fit_stamp(examples)
             if self.trained_with(user_id, stamp):
                 log.info("OPPU user %d/%d (%s): kept from an earlier run", i + 1, len(pairs), user_id)
+                keep_earlier_seconds(self.fit_seconds(user_id))
                 continue
             result = self.train_user(user_id, examples, stamp=stamp)
             log.info("OPPU user %d/%d (%s): %d steps, loss %.3f", i + 1, len(pairs), user_id, result.steps,
@@ -139,12 +141,19 @@ class OppuBaseline:
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         return run_fingerprint(self.model, trainable, examples, self.config.loop(self.config.lr, self.config.epochs))
 
-    def trained_with(self, user_id: str, stamp: str) -> bool:
+    def _metadata(self, user_id: str) -> dict[str, str]:
         path = self.user_file(user_id)
         if not path.exists():
-            return False
+            return {}
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get(FIT_STAMP_KEY) == stamp
+            return f.metadata() or {}
+
+    def trained_with(self, user_id: str, stamp: str) -> bool:
+        return self._metadata(user_id).get(FIT_STAMP_KEY) == stamp
+
+    def fit_seconds(self, user_id: str) -> float:
+        """The training seconds the user's kept adapter took (0 for a file written before they were kept)."""
+        return float(self._metadata(user_id).get(FIT_SECONDS_KEY, 0.0))
 
     def recipe_steps(self, n_examples: int) -> int:
         """Optimisation steps the default recipe takes for a user with n_examples history pairs."""
@@ -169,14 +178,17 @@ class OppuBaseline:
         loop.show_progress = False
         result = train(self.model, examples, loss_fn, loop, desc=f"OPPU {user_id}",
                        length=token_length(tok, cfg.max_answer_tokens))
-        self.save_user(user_id, stamp)
+        self.save_user(user_id, stamp, seconds=result.seconds + result.earlier_seconds)
         self.active = user_id
         return result
 
-    def save_user(self, user_id: str, stamp: str | None = None) -> Path:
+    def save_user(self, user_id: str, stamp: str | None = None, seconds: float | None = None) -> Path:
         state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
         path = self.user_file(user_id)
-        metadata = {FIT_STAMP_KEY: stamp} if stamp else None
+        metadata = {FIT_STAMP_KEY: stamp} if stamp else {}
+        if seconds is not None:
+            metadata[FIT_SECONDS_KEY] = f"{seconds:.3f}"
+        metadata = metadata or None
         atomic_write_with(path, lambda p: save_file(state, str(p), metadata=metadata))
         return path
 

@@ -181,14 +181,13 @@ def _torchrun_device(method: str, device: str, stage1_questions, nonpersonal_run
 
 def _fit_sharded(method_obj, target, batch_size: int):
     """Every rank fits its share of the users; rank 0 then predicts for all (None on the other ranks)."""
-    import time
-
     from tapper import distributed
     from tapper.baselines.common import run_baseline
+    from tapper.train_loop import TrainingClock
 
-    began = time.perf_counter()
-    method_obj.fit(target)  # ends at a barrier: every user's file is written
-    seconds = time.perf_counter() - began
+    with TrainingClock() as clock:
+        method_obj.fit(target)  # ends at a barrier: every user's file is written
+    seconds = clock.seconds
     main = distributed.is_main()
     distributed.teardown()
     if not main:

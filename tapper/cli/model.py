@@ -122,7 +122,8 @@ def _summary_lines(summary: dict | None) -> list[str]:
             return f"{name}: {status}"
         first = info.get("first_loss")
         loss = f"loss {info['final_loss']:.4f}" if first is None else f"loss {first:.4f} -> {info['final_loss']:.4f}"
-        resumed = f", resumed at step {info['resumed_from']}" if info.get("resumed_from") else ""
+        resumed = (f", resumed at step {info['resumed_from']} (+{info.get('earlier_seconds', 0):.1f} s before it)"
+                   if info.get("resumed_from") else "")
         return f"{name}: trained {info['steps']} steps on {info.get('examples')} examples, {loss}, " \
                f"{info.get('seconds', 0):.1f} s{resumed}"
 

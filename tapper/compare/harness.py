@@ -49,7 +49,7 @@ from tapper.io_utils import atomic_replace_dir
 from tapper.metrics import METRIC_NAMES, evaluate
 from tapper.prefix.model import BRIDGE_DIR, CONFIG_NAME, TapperModel
 from tapper.train import builder_for, history_examples, onboard_users, resolve_configs, train_prefixes
-from tapper.train_loop import ROW_SPARSE_OPTIMIZER
+from tapper.train_loop import ROW_SPARSE_OPTIMIZER, TrainingClock
 
 CORE = ["floors", "zero-shot", "task-lora", "nonpersonal", "tapper", "rag", "pag", "oppu", "perpcs", "pplug",
         "onboard"]
@@ -233,9 +233,9 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
     def get_tuned() -> Backbone:
         nonlocal tuned, stage1_seconds
         if tuned is None:
-            began = time.perf_counter()
-            tuned = stage1(copy_backbone(backbone), others, tcfg, cfg, stage1_dir)  # merges in place
-            stage1_seconds = time.perf_counter() - began
+            with TrainingClock() as clock:
+                tuned = stage1(copy_backbone(backbone), others, tcfg, cfg, stage1_dir)  # merges in place
+            stage1_seconds = clock.seconds
         return tuned
 
     if "task-lora" in wanted:
@@ -283,16 +283,16 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
                 base = copy_backbone(get_tuned()) if own_copy else get_tuned()
             obj = make_baseline(method, base, task, runs / method, shared,
                                 summarizer=backbone if method == "pag" else None, history_inputs=history_inputs)
-            began = time.perf_counter()
-            if method in ("rag", "pag"):  # stage 1's pairs and recipe, each prompt with its records (kept, resumable)
-                tag = fingerprint({**{k: all_settings[k] for k in stage1_keys}, "peer": asdict(obj.config)})
-                obj.fine_tune(others, runs / f"stage1-{method}-{tag}", tcfg, cfg)
-            if method == "perpcs":  # sharers: the non-target users with the longest histories
-                sharers = obj.choose_anchors(pool)
-                sharer_inputs = (rewrite_history_inputs(backbone, get_task(task), sharers, cfg.max_history_pairs,
-                                                        rewrites_cache) if spec.rewrite_history else None)
-                obj.build_anchors(sharers, sharer_inputs)  # their pairs replay the same kind of inputs
-            prep_seconds = time.perf_counter() - began
+            with TrainingClock() as clock:
+                if method in ("rag", "pag"):  # stage 1's pairs and recipe, each prompt with its records (resumable)
+                    tag = fingerprint({**{k: all_settings[k] for k in stage1_keys}, "peer": asdict(obj.config)})
+                    obj.fine_tune(others, runs / f"stage1-{method}-{tag}", tcfg, cfg)
+                if method == "perpcs":  # sharers: the non-target users with the longest histories
+                    sharers = obj.choose_anchors(pool)
+                    sharer_inputs = (rewrite_history_inputs(backbone, get_task(task), sharers, cfg.max_history_pairs,
+                                                            rewrites_cache) if spec.rewrite_history else None)
+                    obj.build_anchors(sharers, sharer_inputs)  # their pairs replay the same kind of inputs
+            prep_seconds = clock.seconds
             r = run_baseline(obj, target)
             r.train_seconds += prep_seconds
             if method in ("rag", "pag"):
