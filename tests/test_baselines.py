@@ -159,6 +159,27 @@ def test_pag_summaries_are_cached_per_user_and_history(tiny_backbone, sample, tm
     assert "User profile: likes tests\n" in example.prompt
 
 
+def test_pag_summary_keeps_what_the_summarizer_writes_after_a_newline(tiny_backbone, sample, tmp_path,
+                                                                      monkeypatch):
+    # A small summarizer often opens with "Their interests are:" and lists them on the next lines. Stopping at
+    # the first newline (as task answers do) kept the opening alone: an empty summary for most LaMP-5R users.
+    import tapper.baselines.pag as pag_module
+
+    written = "This user's interests are:\n- college essays\n- minesweeper\n"
+
+    def summarizer(model, tokenizer, prompts, prefix, max_new_tokens, stop_at_newline=True, **kwargs):
+        return [written.split("\n")[0] if stop_at_newline else written for _ in prompts]
+
+    monkeypatch.setattr(pag_module, "generate_batch", summarizer)
+    target = subset(sample["test"], 1)
+    pag = make_baseline("pag", tiny_backbone, TASK, tmp_path, {**SMALL, "summary_tokens": 16})
+    pag.fit(target)
+    summary = pag.by_user[target.questions[0].user_id]
+    assert summary == "This user's interests are: - college essays - minesweeper"
+    example = pag.with_records(pag.builder.for_question(target.questions[0]))
+    assert f"User profile: {summary}\n" in example.prompt  # on one line of the prompt, whole
+
+
 def test_oppu_follows_its_reference_lora_and_starts_from_the_nonpersonal_model(sample, tmp_path):
     from tapper.baselines.nonpersonal import nonpersonal_config
     from tapper.prefix import TapperConfig, TapperModel

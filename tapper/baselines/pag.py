@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SUMMARIES_NAME = "profile_summaries.json"
-SUMMARY_PROMPT_VERSION = 1  # bump when the prompt below changes: old cache entries then miss
+# Bump when the prompt below or how a summary is decoded changes: old cache entries then miss. 2: the summary
+# is no longer cut at its first newline (a small summarizer often writes "Their interests are:" and then a
+# list on the next lines; cut there, two thirds of LaMP-5R's summaries said nothing about the user).
+SUMMARY_PROMPT_VERSION = 2
 
 
 @dataclass
@@ -54,6 +57,11 @@ def summary_prompt(records: list[str]) -> str:
     lines = "\n".join(f"- {r}" for r in records)
     return (f"Here are past records of one user:\n{lines}\n"
             "In one or two short sentences, describe this user's interests, preferences and writing style.")
+
+
+def one_line(text: str) -> str:
+    """The summary as one line: it sits on a line of its own in the prompt ("User profile: ...")."""
+    return " ".join(text.split())
 
 
 def history_hash(history: list[ProfileItem], summarizer: str) -> str:
@@ -107,9 +115,9 @@ class PagBaseline(RagBaseline):
             chunk = missing[start:start + cfg.summary_batch_size]
             prompts = [self.summarizer.format_prompt(self._summary_input(todo[k])) for k in chunk]
             texts = generate_batch(self.summarizer.model, self.summarizer.tokenizer, prompts, None,
-                                   cfg.summary_tokens)
+                                   cfg.summary_tokens, stop_at_newline=False)
             for key, text in zip(chunk, texts, strict=True):
-                self.cache[key] = text.strip()
+                self.cache[key] = one_line(text)
         self.generated += len(missing)
         if missing:
             log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
