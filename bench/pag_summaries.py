@@ -8,7 +8,7 @@ that user's history through PAG's own prompt (tapper.baselines.pag), greedy, on 
 its summarizer. A summary of under 10 words is counted as saying nothing: the small summarizer often opens with
 "This user's interests and preferences are:" and puts the list on the next lines.
 
-Writes results/pag_summaries_<task>.{json,md}: the counts, three summaries both ways, and one full prompt.
+Writes results/pag_summaries_<task>[_<source>].{json,md}: the counts, three summaries both ways, and one full prompt.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     examples = [{"user": q.user_id, "cut": c, "whole": w}
                 for q, c, w in zip(target.questions, cut, whole, strict=True)][:3]
     notes = [f"user {e['user']}: cut: {e['cut']!r}; whole: {e['whole']!r}" for e in examples]
-    Result(f"pag_summaries_{args.task}", f"PAG's profile summaries on {args.task}: cut at a newline or whole",
+    label = args.task if args.source is None else f"{args.task}_{args.source}"  # as quality.py names its tables
+    Result(f"pag_summaries_{label}", f"PAG's profile summaries on {label}: cut at a newline or whole",
            {"task": args.task, "users": len(prompts), "cut": cut, "whole": whole, "prompt_example": prompts[0]},
            [table], notes).write_and_print(args.out)
 
