@@ -8,7 +8,8 @@ that user's history through PAG's own prompt (tapper.baselines.pag), greedy, on 
 its summarizer. A summary of under 10 words is counted as saying nothing: the small summarizer often opens with
 "This user's interests and preferences are:" and puts the list on the next lines.
 
-Writes results/pag_summaries_<task>[_<source>].{json,md}: the counts, three summaries both ways, and one full prompt.
+Writes results/pag_summaries_<label>.{json,md} (<label> as bench/quality.py's): the counts, three summaries both
+ways, and one full prompt.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 import argparse
 
 from common import RESULTS, Result, Table
-from quality import choose_users
+from quality import choose_users, run_label
 
 from tapper.backbone import load_backbone
-from tapper.baselines.pag import one_line
 from tapper.baselines.registry import make_baseline
 from tapper.generate import generate_batch
 
@@ -41,14 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     target = choose_users(args.task, args.users, 0, 0, source=args.source)[0]
     backbone = load_backbone(args.model)
     pag = make_baseline("pag", backbone, args.task, "/tmp/tapper-pag-summaries", {}, summarizer=backbone)
-    prompts = [backbone.format_prompt(pag._summary_input(q.profile)) for q in target.questions]
+    prompts = pag.summary_prompts([q.profile for q in target.questions])
     size, tokens = pag.config.summary_batch_size, pag.config.summary_tokens
-    cut, whole = [], []
+    whole = pag.write_summaries(prompts)
+    cut = []  # PAG's decoding before version 2: a task answer's, stopped at the first newline
     for i in range(0, len(prompts), size):
-        chunk = prompts[i:i + size]
-        cut += [t.strip() for t in generate_batch(backbone.model, backbone.tokenizer, chunk, None, tokens)]
-        whole += [one_line(t) for t in generate_batch(backbone.model, backbone.tokenizer, chunk, None, tokens,
-                                                      stop_at_newline=False)]
+        cut += [t.strip() for t in generate_batch(backbone.model, backbone.tokenizer, prompts[i:i + size], None,
+                                                  tokens)]
 
     def row(name: str, texts: list[str]) -> list:
         words = [len(t.split()) for t in texts]
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = [{"user": q.user_id, "cut": c, "whole": w}
                 for q, c, w in zip(target.questions, cut, whole, strict=True)][:3]
     notes = [f"user {e['user']}: cut: {e['cut']!r}; whole: {e['whole']!r}" for e in examples]
-    label = args.task if args.source is None else f"{args.task}_{args.source}"  # as quality.py names its tables
+    label = run_label(args.task, args.source, args.model)  # as quality.py names its tables
     Result(f"pag_summaries_{label}", f"PAG's profile summaries on {label}: cut at a newline or whole",
            {"task": args.task, "users": len(prompts), "cut": cut, "whole": whole, "prompt_example": prompts[0]},
            [table], notes).write_and_print(args.out)

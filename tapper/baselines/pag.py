@@ -110,14 +110,8 @@ class PagBaseline(RagBaseline):
             if key not in self.cache:
                 todo.setdefault(key, history)
         missing = list(todo)
-        cfg = self.config
-        for start in range(0, len(missing), cfg.summary_batch_size):
-            chunk = missing[start:start + cfg.summary_batch_size]
-            prompts = [self.summarizer.format_prompt(self._summary_input(todo[k])) for k in chunk]
-            texts = generate_batch(self.summarizer.model, self.summarizer.tokenizer, prompts, None,
-                                   cfg.summary_tokens, stop_at_newline=False)
-            for key, text in zip(chunk, texts, strict=True):
-                self.cache[key] = one_line(text)
+        texts = self.write_summaries(self.summary_prompts([todo[k] for k in missing]))
+        self.cache.update(zip(missing, texts, strict=True))
         self.generated += len(missing)
         if missing:
             log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
@@ -138,6 +132,19 @@ class PagBaseline(RagBaseline):
             for item in q.profile[-replayed:] if replayed else []:
                 out.setdefault(f"{q.user_id}/{item.id}", line)
         return out
+
+    def summary_prompts(self, histories: list[list[ProfileItem]]) -> list[str]:
+        """The summarizer's formatted prompt for each history (its most recent records), uncached."""
+        return [self.summarizer.format_prompt(self._summary_input(h)) for h in histories]
+
+    def write_summaries(self, prompts: list[str]) -> list[str]:
+        """The summarizer's text for each prompt, whole (to EOS or summary_tokens) and on one line, in batches."""
+        cfg, texts = self.config, []
+        for start in range(0, len(prompts), cfg.summary_batch_size):
+            texts += generate_batch(self.summarizer.model, self.summarizer.tokenizer,
+                                    prompts[start:start + cfg.summary_batch_size], None, cfg.summary_tokens,
+                                    stop_at_newline=False)
+        return [one_line(t) for t in texts]
 
     def _summary_input(self, history: list[ProfileItem]) -> str:
         tok = self.summarizer.tokenizer
