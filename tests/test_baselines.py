@@ -139,6 +139,35 @@ def test_pag_trains_with_one_summary_per_stage1_user_made_before_its_training_pa
     assert all(e.prompt.count(f"User profile: likes tests {e.user_id}\n") == 1 for e in examples)
 
 
+def test_pag_gives_a_user_without_earlier_records_no_summary(sample, tmp_path, monkeypatch):
+    # Asked to describe an empty list of records, the summarizer invents a user: most stage-1 users of the built
+    # tasks have no record before their training pairs and all got one made-up summary, which PAG learned to
+    # ignore. Such a user's prompts carry no profile line, and nothing is generated for them.
+    import dataclasses
+
+    import tapper.baselines.pag as pag_module
+
+    asked: list[str] = []
+
+    def summarizer(model, tokenizer, prompts, prefix, max_new_tokens, **kwargs):
+        asked.extend(prompts)
+        return ["likes tests" for _ in prompts]
+
+    monkeypatch.setattr(pag_module, "generate_batch", summarizer)
+    others = subset(sample["train"], 2)
+    bare = others.questions[0]
+    others.questions[0] = dataclasses.replace(bare, profile=bare.profile[-2:])  # both records replayed as pairs
+    _, cfg = stage1_configs(stage1_history_pairs=2)
+    pag = make_baseline("pag", tiny_backbone(), TASK, tmp_path, {**SMALL, "k": 1})
+    examples = pag.training_examples(others, cfg)
+    assert len(asked) == 1 and pag.generated == 1  # the other user's summary alone
+    by_user = {q.user_id: [e for e in examples if e.user_id == q.user_id] for q in others.questions}
+    assert by_user[bare.user_id] and all("User profile:" not in e.prompt for e in by_user[bare.user_id])
+    summarized = others.questions[1].user_id
+    assert by_user[summarized] and all(e.prompt.count("User profile: likes tests\n") == 1
+                                       for e in by_user[summarized])
+
+
 def test_pag_summaries_are_cached_per_user_and_history(tiny_backbone, sample, tmp_path):
     target = subset(sample["test"], 2)
     pag = make_baseline("pag", tiny_backbone, TASK, tmp_path, {**SMALL, "summary_tokens": 4})

@@ -15,6 +15,10 @@ LLM), and, for the cost of it, each stage-1 user gets ONE summary for all of tha
 it reads the records strictly before the user's earliest training pair (before the replayed history
 pairs, when stage 1 has them), so no training answer is ever inside its own prompt's summary. That is
 one summary per stage-1 user (the price: one generation per user, cached) instead of one per pair.
+A user with no record before those pairs (most stage-1 users of the built tasks: LaMP-2N's stage-1 authors
+have 0-2 articles) has nothing to summarize and gets no profile line, as RAG's prompt then has no records:
+asked to describe an empty list, the summarizer invents one generic user for all of them (215 of LaMP-2N's
+254 stage-1 users shared one made-up summary), and PAG would learn to ignore its summary line.
 """
 
 from __future__ import annotations
@@ -103,11 +107,12 @@ class PagBaseline(RagBaseline):
         return self.by_user
 
     def summaries(self, histories: list[tuple[str, list[ProfileItem]]]) -> list[str]:
-        """One summary per (user id, history), generated where the cache has none, in batches."""
+        """One summary per (user id, history), generated where the cache has none, in batches; "" (no summary,
+        nothing generated) for an empty history."""
         keys = [self.cache_key(user_id, history) for user_id, history in histories]
         todo: dict[str, list[ProfileItem]] = {}
         for key, (_, history) in zip(keys, histories, strict=True):
-            if key not in self.cache:
+            if history and key not in self.cache:
                 todo.setdefault(key, history)
         missing = list(todo)
         texts = self.write_summaries(self.summary_prompts([todo[k] for k in missing]))
@@ -116,7 +121,7 @@ class PagBaseline(RagBaseline):
         if missing:
             log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
             self._write_cache()
-        return [self.cache[k] for k in keys]
+        return [self.cache[k] if history else "" for k, (_, history) in zip(keys, histories, strict=True)]
 
     def training_profiles(self, stage1_split: LampSplit, cfg: TrainConfig) -> dict[str, str]:
         """Stage-1 pair id -> its user's summary line. One summary per stage-1 question, of the records before
