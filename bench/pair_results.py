@@ -9,6 +9,13 @@ words, made on the same users (a table written before floors kept their answers 
 
     .venv/bin/python bench/pair_results.py --task LaMP_2N --users 96 <runs>/result_tapper.json "floor:most frequent"
 
+Several B operands pair A with each of them in turn. `--out NAME` also writes results/NAME.{json,md}: one row per
+pair, with the command that made it (results kept by different code versions, e.g. a peer rerun after a fix
+against a TAP-PER kept before it, are paired this way when a table cannot hold both):
+
+    .venv/bin/python bench/pair_results.py --task LaMP_2N --users 96 --out pag_whole_LaMP_2N \
+        <runs>/result_tapper.json <new runs>/result_pag.json <runs>/result_pag.json
+
 Prints A minus B on the task's primary metric, the bootstrap CI (1,000 paired resamples, --seed), how many
 answers differ, on how many questions each scores better than the other, and the score of the better of the two
 per question (an oracle choosing between them: how much two methods that tie could still add to each other).
@@ -23,6 +30,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, Result, Table
 from quality import OTHER_SOURCES, SOURCES, choose_users
 
 from tapper.baselines.floors import floors
@@ -87,10 +95,21 @@ def pair(task: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str],
             "users": len(golds)}
 
 
+def pairs_table(task: str, pairs: list[dict]) -> Table:
+    """One row per pair: A, B, both scores, A minus B with its CI, and where the answers differ."""
+    rows = [[p["a"], p["b"], p["score_a"], p["score_b"], p["difference"], f"{p['ci95'][0]:+.3f} - {p['ci95'][1]:+.3f}",
+             p["answers_differ"], p["a_better"], p["b_better"]] for p in pairs]
+    metric = pairs[0]["metric"]
+    return Table(f"{task}, {pairs[0]['users']} users: A minus B on {metric}, paired 95% CI",
+                 ["A", "B", f"A {metric}", f"B {metric}", "A - B", "95% CI", "answers differ", "A better",
+                  "B better"], rows, align_left=2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a", help="a kept result_<method>.json, or floor:<words of a floor's name>")
-    ap.add_argument("b", help="the same")
+    ap.add_argument("b", nargs="+", help="the same; A is paired with each")
+    ap.add_argument("--out", default=None, metavar="NAME", help="also write results/NAME.{json,md}")
     ap.add_argument("--task", required=True, choices=["LaMP_7", *SOURCES])
     ap.add_argument("--source", choices=list(OTHER_SOURCES), default=None)
     ap.add_argument("--users", type=int, default=100)
@@ -102,9 +121,15 @@ def main() -> None:
     args = ap.parse_args()
     target, others = users(args)
     golds = {q.id: target.gold(q.id) for q in target.questions}
-    (name_a, a), (name_b, b) = (load_answers(x, target, others) for x in (args.a, args.b))
-    out = pair(target.task, golds, a, b, args.seed)
-    print(json.dumps({"a": name_a, "b": name_b, **out}))
+    name_a, a = load_answers(args.a, target, others)
+    pairs = []
+    for operand in args.b:
+        name_b, b = load_answers(operand, target, others)
+        pairs.append({"a": name_a, "b": name_b, **pair(target.task, golds, a, b, args.seed)})
+        print(json.dumps(pairs[-1]))
+    if args.out:
+        Result(args.out, f"{target.task}: {name_a} paired with {len(pairs)} other result(s)",
+               {"task": target.task, "pairs": pairs}, [pairs_table(target.task, pairs)]).write_and_print(RESULTS)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,27 @@ def test_a_floor_operand_that_names_no_floor_or_several_lists_the_task_floors(tm
     bad.write_text("{\"name\": \"x\"}")
     with pytest.raises(SystemExit, match="result_x.json: not a kept result"):
         load_answers(str(bad), target, _rating_split({}, {}))
+
+
+def test_several_b_operands_each_pair_with_a_and_out_writes_one_row_per_pair(tmp_path: Path, monkeypatch):
+    import json
+
+    import pair_results
+
+    target = _rating_split({"q1": [4], "q2": [1], "q3": [3]}, {"q1": "4", "q2": "1", "q3": "3"})
+    monkeypatch.setattr(pair_results, "users", lambda args: (target, _rating_split({}, {})))
+    monkeypatch.setattr(pair_results, "RESULTS", tmp_path)
+    files = {}
+    for name, answers in {"A": ["4", "1", "3"], "B": ["4", "2", "3"], "C": ["5", "5", "5"]}.items():
+        files[name] = tmp_path / f"result_{name}.json"
+        predictions = dict(zip(["q1", "q2", "q3"], answers, strict=True))
+        files[name].write_text(json.dumps({"name": name, "predictions": predictions}))
+    monkeypatch.setattr(sys, "argv", ["pair_results.py", "--task", "LaMP_3", "--out", "pairs_x",
+                                      str(files["A"]), str(files["B"]), str(files["C"])])
+    pair_results.main()
+    kept = json.loads((tmp_path / "pairs_x.json").read_text())
+    assert [p["b"].split(" ")[0] for p in kept["pairs"]] == ["B", "C"]
+    assert [p["answers_differ"] for p in kept["pairs"]] == [1, 3]
+    assert kept["pairs"][1]["difference"] == pytest.approx(-(1 + 4 + 2) / 3)  # MAE of A (0) minus C's
+    table = (tmp_path / "pairs_x.md").read_text()
+    assert table.count(f"| A ({files['A']}) |") == 2
