@@ -122,50 +122,91 @@ def test_rag_fine_tunes_like_stage1_on_prompts_carrying_their_records(sample, tm
                for n, p in again.backbone.model.named_parameters())
 
 
-def test_pag_trains_with_one_summary_per_stage1_user_made_before_its_training_pairs(sample, tmp_path):
-    others = subset(sample["train"], 2)
-    _, cfg = stage1_configs(stage1_history_pairs=2)
-    pag = make_baseline("pag", tiny_backbone(), TASK, tmp_path, {**SMALL, "k": 1, "summary_tokens": 4})
-    examples = pag.training_examples(others, cfg)
-    assert len(examples) == 3 * len(others.questions)
-    assert pag.generated == len(others.questions)  # one summary per user, not per pair
-    for q in others.questions:
-        assert pag.cache_key(q.user_id, q.profile[:-2]) in pag.cache  # before the 2 replayed records
-        assert pag.cache_key(q.user_id, q.profile) not in pag.cache  # never a summary holding a training answer
-    for q in others.questions:  # (the tiny model's own summaries may be empty: put known ones in their place)
-        pag.cache[pag.cache_key(q.user_id, q.profile[:-2])] = f"likes tests {q.user_id}"
-    examples = pag.training_examples(others, cfg)
-    assert pag.generated == len(others.questions)  # from the cache
-    assert all(e.prompt.count(f"User profile: likes tests {e.user_id}\n") == 1 for e in examples)
-
-
-def test_pag_gives_a_user_without_earlier_records_no_summary(sample, tmp_path, monkeypatch):
-    # Asked to describe an empty list of records, the summarizer invents a user: most stage-1 users of the built
-    # tasks have no record before their training pairs and all got one made-up summary, which PAG learned to
-    # ignore. Such a user's prompts carry no profile line, and nothing is generated for them.
-    import dataclasses
-
+def _counting_summarizer(monkeypatch) -> list[str]:
+    """Replaces PAG's generation by a summary naming how many records its prompt listed; returns the prompts."""
     import tapper.baselines.pag as pag_module
 
     asked: list[str] = []
 
     def summarizer(model, tokenizer, prompts, prefix, max_new_tokens, **kwargs):
         asked.extend(prompts)
-        return ["likes tests" for _ in prompts]
+        return [f"reads {sum(line.startswith('- ') for line in p.splitlines())} records" for p in prompts]
 
     monkeypatch.setattr(pag_module, "generate_batch", summarizer)
+    return asked
+
+
+def test_pag_summarizes_each_training_pairs_own_profile(sample, tmp_path, monkeypatch):
+    # As each LaMP sample's summary reads that sample's profile: a stage-1 question's summary reads its whole
+    # profile, a replayed history record's the records before it, never the record that is its own answer.
+    asked = _counting_summarizer(monkeypatch)
     others = subset(sample["train"], 2)
-    bare = others.questions[0]
-    others.questions[0] = dataclasses.replace(bare, profile=bare.profile[-2:])  # both records replayed as pairs
+    _, cfg = stage1_configs(stage1_history_pairs=2)
+    pag = make_baseline("pag", tiny_backbone(), TASK, tmp_path, {**SMALL, "k": 1, "summary_records": 50})
+    examples = pag.training_examples(others, cfg)
+    assert len(examples) == 3 * len(others.questions) and len(asked) == pag.generated == len(examples)
+    for q in others.questions:
+        n = len(q.profile)
+        assert n > 2
+        expected = {q.id: n, f"{q.user_id}/{q.profile[-2].id}": n - 2, f"{q.user_id}/{q.profile[-1].id}": n - 1}
+        mine = {e.example_id: e.prompt for e in examples if e.user_id == q.user_id}
+        assert set(mine) == set(expected)
+        for example_id, records in expected.items():
+            assert mine[example_id].count(f"User profile: reads {records} records\n") == 1
+        assert pag.cache_key(q.user_id, q.profile[:-2]) in pag.cache
+    pag.training_examples(others, cfg)
+    assert len(asked) == len(examples)  # the second time from the cache
+
+
+def test_pag_gives_a_pair_without_earlier_records_no_summary(sample, tmp_path, monkeypatch):
+    # Asked to describe an empty list of records, the summarizer invents a user: when PAG summarized each stage-1
+    # user once, from the records before its earliest pair, most users of the built tasks had none and all got
+    # one made-up summary, which PAG learned to ignore. A pair with no earlier record carries no profile line,
+    # and nothing is generated for it.
+    import dataclasses
+
+    asked = _counting_summarizer(monkeypatch)
+    others = subset(sample["train"], 1)
+    q = others.questions[0]
+    others.questions[0] = q = dataclasses.replace(q, profile=q.profile[-2:])  # both records replayed as pairs
     _, cfg = stage1_configs(stage1_history_pairs=2)
     pag = make_baseline("pag", tiny_backbone(), TASK, tmp_path, {**SMALL, "k": 1})
-    examples = pag.training_examples(others, cfg)
-    assert len(asked) == 1 and pag.generated == 1  # the other user's summary alone
-    by_user = {q.user_id: [e for e in examples if e.user_id == q.user_id] for q in others.questions}
-    assert by_user[bare.user_id] and all("User profile:" not in e.prompt for e in by_user[bare.user_id])
-    summarized = others.questions[1].user_id
-    assert by_user[summarized] and all(e.prompt.count("User profile: likes tests\n") == 1
-                                       for e in by_user[summarized])
+    examples = {e.example_id: e.prompt for e in pag.training_examples(others, cfg)}
+    first, second = (f"{q.user_id}/{item.id}" for item in q.profile)
+    assert set(examples) == {first, second, q.id}
+    assert "User profile:" not in examples[first]
+    assert "User profile: reads 1 records\n" in examples[second]
+    assert "User profile: reads 2 records\n" in examples[q.id]
+    assert len(asked) == 2
+
+
+def test_pag_keeps_the_summaries_written_before_a_crash(sample, tmp_path, monkeypatch):
+    import json
+
+    import tapper.baselines.pag as pag_module
+
+    def summarizer(model, tokenizer, prompts, prefix, max_new_tokens, **kwargs):
+        calls.append(len(prompts))
+        if len(calls) > pag_module.SUMMARY_BATCHES_PER_SAVE:  # killed inside the second chunk
+            raise RuntimeError("killed")
+        return ["likes tests" for _ in prompts]
+
+    calls: list[int] = []
+    monkeypatch.setattr(pag_module, "generate_batch", summarizer)
+    q = sample["test"].questions[0]
+    histories = [(q.user_id, q.profile[:i]) for i in range(1, pag_module.SUMMARY_BATCHES_PER_SAVE + 3)]
+    pag = PagBaseline(tiny_backbone(), pag_module.PagConfig(task=TASK, summary_batch_size=1),
+                      cache_path=tmp_path / "summaries.json")
+    with pytest.raises(RuntimeError, match="killed"):
+        pag.summaries(histories)
+    kept = json.loads((tmp_path / "summaries.json").read_text())
+    assert len(kept) == pag_module.SUMMARY_BATCHES_PER_SAVE  # the first chunk, on disk
+    again = PagBaseline(tiny_backbone(), pag_module.PagConfig(task=TASK, summary_batch_size=1),
+                        cache_path=tmp_path / "summaries.json")
+    calls.clear()
+    monkeypatch.setattr(pag_module, "SUMMARY_BATCHES_PER_SAVE", 100)
+    assert again.summaries(histories) == ["likes tests"] * len(histories)
+    assert sum(calls) == 2  # only what the crash left unwritten
 
 
 def test_pag_summaries_are_cached_per_user_and_history(tiny_backbone, sample, tmp_path):

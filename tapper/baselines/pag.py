@@ -4,21 +4,22 @@ a backbone fine-tuned on prompts of that form.
 Follows Richardson et al. (2023), "Integrating summarization and retrieval for enhanced personalization"
 (PAG: an LLM writes a summary of the user's profile offline; the prompt carries it before the retrieved
 records), in the fine-tuned setting LaMP uses for RAG (see tapper.baselines.rag): the task LoRA is trained
-like stage 1 on the other users' pairs, each prompt carrying that user's summary and the pair's records.
+like stage 1 on the other users' pairs, each prompt carrying the summary of that pair's profile and the pair's records.
 
 The summary reads the user's most recent records (rendered with the task's record template) and is
 generated once per (user, history): the cache is a JSON file keyed by user id + a hash of the history
 and of the summarizer, so a user whose history grows gets a new summary and nothing stale is reused.
 
 Departs from the paper in: the summarizer is the untuned backbone (there: a much larger instruction-tuned
-LLM), and, for the cost of it, each stage-1 user gets ONE summary for all of that user's training pairs:
-it reads the records strictly before the user's earliest training pair (before the replayed history
-pairs, when stage 1 has them), so no training answer is ever inside its own prompt's summary. That is
-one summary per stage-1 user (the price: one generation per user, cached) instead of one per pair.
-A user with no record before those pairs (most stage-1 users of the built tasks: LaMP-2N's stage-1 authors
-have 0-2 articles) has nothing to summarize and gets no profile line, as RAG's prompt then has no records:
-asked to describe an empty list, the summarizer invents one generic user for all of them (215 of LaMP-2N's
-254 stage-1 users shared one made-up summary), and PAG would learn to ignore its summary line.
+LLM). Each training pair's summary reads that pair's own profile, as each LaMP sample's does in the paper:
+the records strictly before it (a stage-1 question: its whole profile; a replayed history pair: the records
+before that one), so no training answer is ever inside its own prompt's summary, and it is the history the
+pair's retrieved records come from. That is one generation per training pair (cached per user and history;
+a killed run keeps the summaries written so far). A pair with no record before it has nothing to summarize
+and gets no profile line, as RAG's prompt then has no records: asked to describe an empty list, the
+summarizer invents one generic user (an earlier version summarized once per stage-1 user, the records
+before the earliest pair: empty for 215 of LaMP-2N's 254 stage-1 users, 153 of Magazine's 248 and all 223 of
+LaMP-2's, who then shared one invented summary or, after that was fixed, had none to learn from).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
 
 from tapper.backbone import Backbone
 from tapper.baselines.common import load_config, save_config, truncate_record
@@ -38,15 +40,13 @@ from tapper.examples import Example
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_text
 
-if TYPE_CHECKING:
-    from tapper.train import TrainConfig
-
 log = logging.getLogger(__name__)
 SUMMARIES_NAME = "profile_summaries.json"
 # Bump when the prompt below or how a summary is decoded changes: old cache entries then miss. 2: the summary
 # is no longer cut at its first newline (a small summarizer often writes "Their interests are:" and then a
 # list on the next lines; cut there, two thirds of LaMP-5R's summaries said nothing about the user).
 SUMMARY_PROMPT_VERSION = 2
+SUMMARY_BATCHES_PER_SAVE = 8  # the cache file is rewritten after this many batches
 
 
 @dataclass
@@ -115,28 +115,33 @@ class PagBaseline(RagBaseline):
             if history and key not in self.cache:
                 todo.setdefault(key, history)
         missing = list(todo)
-        texts = self.write_summaries(self.summary_prompts([todo[k] for k in missing]))
-        self.cache.update(zip(missing, texts, strict=True))
-        self.generated += len(missing)
+        chunk = self.config.summary_batch_size * SUMMARY_BATCHES_PER_SAVE
+        for start in tqdm(range(0, len(missing), chunk), desc="PAG summaries", unit="chunk",
+                          leave=False, disable=None if len(missing) > chunk else True):
+            done = missing[start:start + chunk]
+            self.cache.update(zip(done, self.write_summaries(self.summary_prompts([todo[k] for k in done])),
+                                  strict=True))
+            self.generated += len(done)
+            self._write_cache()  # a killed run keeps what it wrote
         if missing:
             log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
-            self._write_cache()
         return [self.cache[k] if history else "" for k, (_, history) in zip(keys, histories, strict=True)]
 
-    def training_profiles(self, stage1_split: LampSplit, cfg: TrainConfig) -> dict[str, str]:
-        """Stage-1 pair id -> its user's summary line. One summary per stage-1 question, of the records before
-        the earliest pair trained on (stage 1 replays each user's latest `stage1_history_pairs` records)."""
-        qs = stage1_split.questions[:cfg.stage1_max_examples] if cfg.stage1_max_examples else stage1_split.questions
-        replayed = cfg.stage1_history_pairs
-        histories = [(q.user_id, q.profile[:max(0, len(q.profile) - replayed)] if replayed else q.profile)
-                     for q in qs]
-        out: dict[str, str] = {}
-        for q, text in zip(qs, self.summaries(histories), strict=True):
-            line = self.profile_line(text)
-            out[q.id] = line
-            for item in q.profile[-replayed:] if replayed else []:
-                out.setdefault(f"{q.user_id}/{item.id}", line)
-        return out
+    def training_profiles(self, stage1_split: LampSplit, pairs: list[Example]) -> dict[str, str]:
+        """Stage-1 pair id -> the summary line of that pair's own profile: a question's whole profile, a
+        replayed history record's records before it (the ids ExampleBuilder gives them)."""
+        profiles: dict[str, tuple[str, list[ProfileItem]]] = {}
+        for q in stage1_split.questions:
+            profiles[q.id] = (q.user_id, q.profile)
+            for i, item in enumerate(q.profile):
+                profiles[f"{q.user_id}/{item.id}"] = (q.user_id, q.profile[:i])
+        ids = [e.example_id for e in pairs]
+        unknown = [i for i in ids if i not in profiles]
+        if unknown:
+            raise ValueError(f"PAG: {len(unknown)} training pairs match no stage-1 question or history record "
+                             f"(e.g. {unknown[0]!r})")
+        texts = self.summaries([profiles[i] for i in ids])
+        return {i: self.profile_line(text) for i, text in zip(ids, texts, strict=True)}
 
     def summary_prompts(self, histories: list[list[ProfileItem]]) -> list[str]:
         """The summarizer's formatted prompt for each history (its most recent records), uncached."""

@@ -70,10 +70,10 @@ class RagBaseline:
         builder = ExampleBuilder(self.task, self.backbone, self.config.k, self.config.retriever,
                                  self.config.max_input_tokens)
         pairs = question_pairs(builder, stage1_split, cfg.stage1_max_examples, cfg.stage1_history_pairs)
-        profiles = self.training_profiles(stage1_split, cfg)
+        profiles = self.training_profiles(stage1_split, pairs)
         return [self.render(e, profiles.get(e.example_id, "")) for e in pairs]
 
-    def training_profiles(self, stage1_split: LampSplit, cfg: TrainConfig) -> dict[str, str]:
+    def training_profiles(self, stage1_split: LampSplit, pairs: list[Example]) -> dict[str, str]:
         """example id -> text put before the records of that training pair (PAG's summary); none for RAG."""
         return {}
 
