@@ -1,7 +1,7 @@
 """Resident memory of a records-in-the-prompt fine-tune (RAG's stage 1) under glibc's default malloc and with
 a fixed mmap threshold (MALLOC_MMAP_THRESHOLD_), the same job run twice one after the other.
 
-    .venv/bin/python bench/alloc_memory.py --task LaMP_5R --examples 48     # about 2 x 8 min on one thread
+    .venv/bin/python bench/alloc_memory.py --task LaMP_5R --examples 16     # about 5 + 8 min on one thread
 
 Why: RAG's and PAG's fine-tunes on LaMP-5R grew to 16-18 GB resident on one thread while a step's own peak is
 under 8 GB, in steps of 1-2 GB, so two of them could not share 24 GiB. glibc raises its mmap threshold each
