@@ -130,17 +130,18 @@ class PagBaseline(RagBaseline):
     def training_profiles(self, stage1_split: LampSplit, pairs: list[Example]) -> dict[str, str]:
         """Stage-1 pair id -> the summary line of that pair's own profile: a question's whole profile, a
         replayed history record's records before it (the ids ExampleBuilder gives them)."""
-        profiles: dict[str, tuple[str, list[ProfileItem]]] = {}
+        # pair id -> (user, profile, end): the pair's records are profile[:end], sliced for the pairs alone
+        where: dict[str, tuple[str, list[ProfileItem], int]] = {}
         for q in stage1_split.questions:
-            profiles[q.id] = (q.user_id, q.profile)
+            where[q.id] = (q.user_id, q.profile, len(q.profile))
             for i, item in enumerate(q.profile):
-                profiles[f"{q.user_id}/{item.id}"] = (q.user_id, q.profile[:i])
+                where[f"{q.user_id}/{item.id}"] = (q.user_id, q.profile, i)
         ids = [e.example_id for e in pairs]
-        unknown = [i for i in ids if i not in profiles]
+        unknown = [i for i in ids if i not in where]
         if unknown:
             raise ValueError(f"PAG: {len(unknown)} training pairs match no stage-1 question or history record "
                              f"(e.g. {unknown[0]!r})")
-        texts = self.summaries([profiles[i] for i in ids])
+        texts = self.summaries([(user_id, profile[:end]) for user_id, profile, end in (where[i] for i in ids)])
         return {i: self.profile_line(text) for i, text in zip(ids, texts, strict=True)}
 
     def summary_prompts(self, histories: list[list[ProfileItem]]) -> list[str]:
