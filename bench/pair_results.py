@@ -9,6 +9,12 @@ words, made on the same users (a table written before floors kept their answers 
 
     .venv/bin/python bench/pair_results.py --task LaMP_2N --users 96 <runs>/result_tapper.json "floor:most frequent"
 
+A or B may also be `<answers file>#<method>`: that method's answers in a table's answers/<name>.json, which
+bench/quality.py writes beside every table (a fresh machine has no runs dir, but the results keep the answers):
+
+    .venv/bin/python bench/pair_results.py --task LaMP_4 --users 114 \
+        "results/answers/quality_LaMP_4.json#TAP-PER" "results/answers/quality_LaMP_4.json#PPlug"
+
 Several B operands pair A with each of them in turn. `--out NAME` also writes results/NAME.{json,md}: one row per
 pair, with the command that made it (results kept by different code versions, e.g. a peer rerun after a fix
 against a TAP-PER kept before it, are paired this way when a table cannot hold both):
@@ -58,9 +64,13 @@ def choose_floor(made: dict[str, dict[str, str]], words: str, task: str) -> tupl
 
 
 def load_answers(operand: str, target: LampSplit, others: LampSplit) -> tuple[str, dict[str, str]]:
-    """(name, {question id: answer}) of a kept result file, or of the floor named by `floor:<words>`."""
+    """(name, {question id: answer}) of a kept result file, of a method in a table's answers file
+    (`<file>#<method>`), or of the floor named by `floor:<words>`."""
     if operand.startswith("floor:"):
         return choose_floor(floors(target.task, target, others), operand.removeprefix("floor:"), target.task)
+    if "#" in operand:
+        file, method = operand.split("#", 1)
+        return f"{method} ({file})", read_answers(Path(file), method)
     path = Path(operand)
     kept = read_kept(path)
     return f"{kept['name']} ({path})", kept["predictions"]
@@ -75,6 +85,23 @@ def read_kept(path: Path) -> dict:
         return kept
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"{path}: not a kept result of bench/quality.py ({err})") from None
+
+
+def read_answers(path: Path, method: str) -> dict[str, str]:
+    """{question id: answer} of one method in an answers file of bench/quality.py (LaMP's output format per
+    method)."""
+    try:
+        methods = json.loads(path.read_text(encoding="utf-8"))["methods"]
+        if not isinstance(methods, dict):
+            raise TypeError("'methods' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not an answers file of bench/quality.py ({err})") from None
+    if method not in methods:
+        raise SystemExit(f"{path}: no method {method!r}; it has {sorted(methods)}")
+    try:
+        return {g["id"]: g["output"] for g in methods[method]["golds"]}
+    except (KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: {method!r} is not in LaMP's output format ({err!r})") from None
 
 
 def pair(task: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str], seed: int) -> dict:

@@ -34,6 +34,8 @@ method: the peers take the same input and answer lengths, history pairs, epochs,
 --rewrite-history (LaMP-7) replays each history tweet from a filtered backbone rewrite instead of from
 itself, for every method that trains on the target users' histories (see tapper.history_inputs).
 Writes results/quality_<task>.{json,md,png} with bootstrap 95% intervals (1,000 resamples, --seed).
+Every answer of every method goes to results/answers/quality_<task>.json (LaMP's output format per method), so
+any two results can be paired later without the runs dir (bench/pair_results.py "<file>#<method>").
 
 This script only chooses this repository's users; the comparison itself (the methods' wiring, kept results,
 the report) is tapper.compare, the same code `tapper compare` runs on anyone's LaMP files.

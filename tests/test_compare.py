@@ -61,6 +61,13 @@ def test_compare_on_the_sample_writes_the_bench_files_and_a_rerun_reuses_kept_re
                              "TAP-PER, onboarded (1-step P_u fit, lr 0.001)",
                              "TAP-PER, onboarded (1-step P_u fit, lr 0.01)"]
     assert not any(name.startswith("TAP-PER, onboarded") for name in by_name)  # not in the main table
+    # every answer of every method is kept beside the table (LaMP's output format), the held-out users' too
+    answers = json.loads((out / "answers" / "quality_LaMP_3.json").read_text())
+    assert answers["task"] == "LaMP_3" and set(answers["methods"]) == set(by_name) | set(onboarded)
+    for name, row in by_name.items():
+        kept = {g["id"]: g["output"] for g in answers["methods"][name]["golds"]}
+        assert len(kept) == 6 and {q: kept[q] for q in row["examples"]} == row["examples"], name
+    assert len(answers["methods"][onboarded[0]]["golds"]) == 2
     md = (out / "quality_LaMP_3.md").read_text()
     assert "TAP-PER vs non-personalized, same budget" in md and "Onboarding: the 2 target users" in md
     runs = tmp_path / "runs"

@@ -96,3 +96,21 @@ def test_several_b_operands_each_pair_with_a_and_out_writes_one_row_per_pair(tmp
     assert kept["pairs"][1]["difference"] == pytest.approx(-(1 + 4 + 2) / 3)  # MAE of A (0) minus C's
     table = (tmp_path / "pairs_x.md").read_text()
     assert table.count(f"| A ({files['A']}) |") == 2
+
+
+def test_an_answers_operand_reads_one_method_of_a_tables_answers_file(tmp_path: Path):
+    from pair_results import load_answers
+
+    from tapper.compare.report import Report
+
+    report = Report("quality_x", "x", {}, answers={"TAP-PER": {"q1": "4", "q2": "2"}, "PPlug": {"q1": "5", "q2": "5"}},
+                    task="LaMP_3")
+    path = next(p for p in report.write(tmp_path, command="x", commit="abc") if p.parent.name == "answers")
+    target = _rating_split({"q1": [4], "q2": [1]}, {"q1": "4", "q2": "1"})
+    name, answers = load_answers(f"{path}#PPlug", target, _rating_split({}, {}))
+    assert name == f"PPlug ({path})" and answers == {"q1": "5", "q2": "5"}
+    assert load_answers(f"{path}#TAP-PER", target, _rating_split({}, {}))[1] == {"q1": "4", "q2": "2"}
+    with pytest.raises(SystemExit, match="no method 'RAG'.*'PPlug', 'TAP-PER'"):
+        load_answers(f"{path}#RAG", target, _rating_split({}, {}))
+    with pytest.raises(SystemExit, match="not an answers file"):
+        load_answers(f"{tmp_path / 'quality_x.json'}#PPlug", target, _rating_split({}, {}))

@@ -356,6 +356,7 @@ def build_report(report: Report, results: list[VariantResult], task: str, label:
         report.notes += notes
         report.data["onboarding"] = rows_data
     report.plot = bar_plot(data_rows, primary, direction)
+    report.task, report.answers = task, {r.name: dict(r.predictions) for r in results}
     return report
 
 

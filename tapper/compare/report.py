@@ -27,8 +27,10 @@ COLD = "TAP-PER, new user without a fit (mean row + P_q)"
 ONBOARDED = "TAP-PER, onboarded"
 CONTROL = "non-personalized, same budget"
 # Every main row's primary metric is compared question by question with these (when they ran): the numbers
-# are kept in the JSON, since the per-question predictions that a paired interval needs are not.
+# are kept in the JSON; every answer of every method goes to answers/<name>.json beside it (Report.answers), so
+# a later session can pair any two results (bench/pair_results.py) without the runs dir that made them.
 PAIRED_REFERENCES = ("TAP-PER", CONTROL)
+ANSWERS_DIR = "answers"
 
 
 def onboarded_name(steps: int, lr: float | None = None) -> str:
@@ -88,7 +90,9 @@ def machine() -> dict[str, Any]:
 
 @dataclass
 class Report:
-    """One comparison's output. `write` stamps it and puts {name}.json/.md/.png into a folder."""
+    """One comparison's output. `write` stamps it and puts {name}.json/.md/.png into a folder, and with
+    `answers` ({method: {question id: answer}}) also answers/{name}.json: each method's answers in LaMP's
+    output format ({"task", "golds": [{"id", "output"}]}), so LaMP's own evaluator reads them."""
 
     name: str
     title: str
@@ -96,6 +100,8 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plot: Callable[[Any], None] | None = None
+    answers: dict[str, dict[str, str]] = field(default_factory=dict)
+    task: str | None = None  # LaMP's task name, for the answers file
     started: float = field(default_factory=time.time)
 
     def write(self, out_dir: Path, command: str | None = None, commit: str | None = None) -> list[Path]:
@@ -129,6 +135,13 @@ class Report:
             written.append(png)
             lines += [f"![{self.title}]({png.name})", ""]
         atomic_write_text(written[1], "\n".join(lines))
+        if self.answers:
+            path = out_dir / ANSWERS_DIR / f"{self.name}.json"
+            path.parent.mkdir(exist_ok=True)
+            atomic_write_text(path, json.dumps({"benchmark": self.name, **stamp, "task": self.task, "methods": {
+                name: {"task": self.task, "golds": [{"id": i, "output": a} for i, a in answers.items()]}
+                for name, answers in self.answers.items()}}, indent=1, ensure_ascii=False) + "\n")
+            written.append(path)
         return written
 
     def text(self) -> str:
