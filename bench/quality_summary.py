@@ -14,6 +14,13 @@ the JSON's. Those notes give every method against TAP-PER but, against the contr
 interval is shown as "-", never replaced by one from the unpaired CIs. Last, one row per (seed spread, opponent)
 from results/seed_spread_*.json (bench/seed_spread.py): how the verdict held over training seeds and the pooled
 difference with users and seeds resampled, since one table's interval covers its users, not its training run.
+A peer rerun after a fix, kept apart from its task's table (trained later, on other code), replaces one
+scoreboard cell with --rerun LABEL:COLUMN=NAME, where results/NAME.json is either bench/pair_results.py's output
+(its first pair of TAP-PER with a method of that column) or a quality table holding both TAP-PER and that
+method (its paired entry); the cell says "rerun" and a note keeps the cell it replaced:
+
+    .venv/bin/python bench/quality_summary.py --rerun LaMP_2N_s2ep4:PAG=pag_whole_LaMP_2N_s2ep4
+
 Writes results/quality_summary.{json,md,png}.
 """
 
@@ -165,7 +172,7 @@ def verdict(diff: float, ci: list[float] | None, higher: bool) -> str:
     return "tie"
 
 
-def scoreboard(tasks: list[dict[str, Any]]) -> tuple[Table, list[dict[str, Any]]]:
+def scoreboard(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per task, one column per opponent: TAP-PER minus it, its paired CI and the verdict. The floor
     column takes the task's best floor (the one hardest to beat). Ablations: "ahead" means the part helps."""
     board = []
@@ -187,19 +194,85 @@ def scoreboard(tasks: list[dict[str, Any]]) -> tuple[Table, list[dict[str, Any]]
         counts = {v: sum(c["verdict"] == v for c in cells.values()) for v in VERDICTS}
         board.append({"label": t["label"], "metric": t["metric"], "target_users": t["target_users"],
                       "cells": cells, "counts": counts})
+    return board
 
+
+def parse_rerun(text: str) -> tuple[str, str, str]:
+    """"LABEL:COLUMN=NAME" -> (label, column, name); the column is one of the scoreboard's opponents."""
+    head, sep, name = text.partition("=")
+    label, colon, column = head.rpartition(":")
+    if not (sep and colon and label and name):
+        raise SummaryError(f"--rerun {text!r}: expected LABEL:COLUMN=NAME, e.g. LaMP_2N:PAG=pag_whole_LaMP_2N")
+    columns = [c for c, prefix in OPPONENTS if prefix is not None]
+    if column not in columns:
+        raise SummaryError(f"--rerun {text!r}: no scoreboard column {column!r}; the columns: {columns}")
+    return label, column, name
+
+
+def rerun_cell(path: Path, column: str, higher: bool) -> dict[str, Any]:
+    """The scoreboard cell (TAP-PER minus the column's method) that a rerun's results file gives: the first
+    pair of a bench/pair_results.py output with A TAP-PER and B the column's method, or the paired entry of that
+    method in a quality table that also ran TAP-PER."""
+    prefix = dict(OPPONENTS)[column]
+
+    def is_column(name: str) -> bool:
+        return name == prefix or name.startswith(prefix + " (")
+    try:
+        data = json.loads(path.read_text())
+        if "pairs" in data:
+            found = next(((p["b"], p["difference"], p["ci95"]) for p in data["pairs"]
+                          if is_column(p["b"]) and (p["a"] == TAPPER or p["a"].startswith(TAPPER + " ("))), None)
+        else:
+            found = next(((r["method"], 0.0 - r["paired"][TAPPER]["difference"],
+                           [0.0 - r["paired"][TAPPER]["ci95"][1], 0.0 - r["paired"][TAPPER]["ci95"][0]])
+                          for r in data["results"] if is_column(r["method"]) and TAPPER in r.get("paired", {})),
+                         None)
+    except FileNotFoundError:
+        raise SummaryError(f"{path}: no such results file (--rerun)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SummaryError(f"{path}: not a readable JSON file ({err})") from None
+    except (KeyError, TypeError, IndexError) as err:
+        raise SummaryError(f"{path}: neither a bench/pair_results.py output nor a quality table (missing or bad "
+                           f"{err})") from None
+    if found is None:
+        raise SummaryError(f"{path}: no {column} result paired with TAP-PER")
+    method, diff, ci = found
+    return {"method": method, "difference": float(diff), "ci95": [float(ci[0]), float(ci[1])],
+            "verdict": verdict(float(diff), ci, higher), "rerun": path.stem}
+
+
+def apply_reruns(board: list[dict[str, Any]], tasks: list[dict[str, Any]], reruns: list[tuple[str, str, str]],
+                 results: Path) -> list[str]:
+    """Replace each rerun's scoreboard cell (and the row's verdict counts); one note per replaced cell."""
+    by_label = {b["label"]: (b, t) for b, t in zip(board, tasks, strict=True)}
+    notes = []
+    for label, column, name in reruns:
+        if label not in by_label:
+            raise SummaryError(f"--rerun {label}:{column}={name}: {label} is not one of the summarized labels "
+                               f"{sorted(by_label)}")
+        b, t = by_label[label]
+        new = rerun_cell(results / f"{name}.json", column, t["higher_better"])
+        old = b["cells"].get(column)
+        b["cells"][column] = new
+        b["counts"] = {v: sum(c["verdict"] == v for c in b["cells"].values()) for v in VERDICTS}
+        before = "not run" if old is None else f"{old['verdict']} {old['difference']:+.3f}"
+        notes.append(f"{label}, {column}: the rerun in {name}.json ({new['method']}); the task table's cell was "
+                     f"{before}.")
+    return notes
+
+
+def board_table(board: list[dict[str, Any]]) -> Table:
     def cell(c: dict[str, Any] | None) -> str:
         if c is None:
             return "not run"
         ci = "" if c["ci95"] is None else f" [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
-        return f"{c['verdict']}: {c['difference']:+.3f}{ci}"
+        return f"{c['verdict']}: {c['difference']:+.3f}{ci}" + (f" (rerun: {c['rerun']})" if "rerun" in c else "")
 
-    table = Table("Scoreboard: TAP-PER minus each opponent (paired 95% CI) and the verdict, per task",
-                  ["task", "TAP-PER is", *[c for c, _ in OPPONENTS]],
-                  [[f"{b['label']} ({b['target_users']} users, {b['metric']})",
-                    "; ".join(f"{n} {v}" for v, n in b["counts"].items() if n),
-                    *[cell(b["cells"].get(c)) for c, _ in OPPONENTS]] for b in board])
-    return table, board
+    return Table("Scoreboard: TAP-PER minus each opponent (paired 95% CI) and the verdict, per task",
+                 ["task", "TAP-PER is", *[c for c, _ in OPPONENTS]],
+                 [[f"{b['label']} ({b['target_users']} users, {b['metric']})",
+                   "; ".join(f"{n} {v}" for v, n in b["counts"].items() if n),
+                   *[cell(b["cells"].get(c)) for c, _ in OPPONENTS]] for b in board])
 
 
 def _verdict_order(v: str) -> int:
@@ -299,8 +372,10 @@ def plot_tasks(tasks: list[dict[str, Any]]):
     return draw
 
 
-def summarize(labels: list[str], results: Path, spreads: list[str] | None = None) -> Result:
-    """spreads: seed_spread_<label>.json labels for the seed table (None: every one in results)."""
+def summarize(labels: list[str], results: Path, spreads: list[str] | None = None,
+              reruns: list[tuple[str, str, str]] | None = None) -> Result:
+    """spreads: seed_spread_<label>.json labels for the seed table (None: every one in results); reruns:
+    (label, column, results file stem) of each scoreboard cell a peer's rerun replaces (see parse_rerun)."""
     if not labels:
         raise SummaryError(f"{results}: no quality_*.json results to summarize")
     tasks, tables = [], []
@@ -315,7 +390,8 @@ def summarize(labels: list[str], results: Path, spreads: list[str] | None = None
                       "finished_utc": data.get("finished_utc"), "tapper_source": data.get("tapper_source"),
                       "paired_source": source, "rows": rows})
         tables.append(task_table(label, data, rows))
-    board_table, board = scoreboard(tasks)
+    board = scoreboard(tasks)
+    rerun_notes = apply_reruns(board, tasks, reruns or [], results)
     spreads = default_spreads(results) if spreads is None else spreads
     over_seeds = [r for label in spreads for r in seed_rows(label, results / f"seed_spread_{label}.json")]
     commits = {t["label"]: t["commit"] for t in tasks}
@@ -334,14 +410,16 @@ def summarize(labels: list[str], results: Path, spreads: list[str] | None = None
             notes.append(f"{t['label']}: paired CIs read from {t['paired_source']} ({t['file']} predates the "
                          "JSON's paired entries), which compare TAP-PER with each method but the floors; against the "
                          "control they exist for TAP-PER only.")
+    notes += rerun_notes
     if over_seeds:
         notes.append("Over training seeds: each seed spread's own users and tables (its command is in "
                      "results/seed_spread_<label>.md); the pooled difference averages the seeds whose answers were "
                      "kept, and its CI resamples users and seeds. On MAE a negative difference is TAP-PER's win.")
     return Result("quality_summary", "Quality on every task: primary metric, 95% CIs, differences vs the "
                   "control and TAP-PER", {"labels": labels, "commits": commits, "scoreboard": board, "tasks": tasks,
-                                          "over_seeds": over_seeds},
-                  [board_table, *([seed_table(over_seeds)] if over_seeds else []), *tables], notes,
+                                          "over_seeds": over_seeds,
+                                          "reruns": [f"{a}:{b}={c}" for a, b, c in reruns or []]},
+                  [board_table(board), *([seed_table(over_seeds)] if over_seeds else []), *tables], notes,
                   plot=plot_tasks(tasks))
 
 
@@ -352,13 +430,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the quality_<label>.json files are")
     ap.add_argument("--spreads", default=None, help="comma-separated seed_spread_<label>.json labels for the table "
                     "over seeds (default: every one in --results; '' for none)")
+    ap.add_argument("--rerun", action="append", default=[], metavar="LABEL:COLUMN=NAME",
+                    help="replace one scoreboard cell with a peer's rerun in results/NAME.json (a "
+                         "bench/pair_results.py output or a quality table); repeatable")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else \
         default_labels(args.results)
     try:
         spreads = None if args.spreads is None else [x.strip() for x in args.spreads.split(",") if x.strip()]
-        result = summarize(labels, args.results, spreads)
+        reruns = [parse_rerun(x) for x in args.rerun]
+        result = summarize(labels, args.results, spreads, reruns)
     except SummaryError as err:
         raise SystemExit(f"error: {err}") from None
     result.write_and_print(args.out)

@@ -174,6 +174,52 @@ def test_the_scoreboard_gives_tapper_minus_each_opponent_and_the_verdict(results
     assert "2 ahead; 1 tie" in line and "ahead: +0.070 [+0.031, +0.125]" in line and "not run" in line
 
 
+def test_a_rerun_replaces_one_scoreboard_cell_from_a_pairs_file_or_a_quality_table(results_dir: Path,
+                                                                                   tmp_path: Path):
+    # a PPlug rerun paired by bench/pair_results.py (listed first; an older pair of the same peer after it)
+    pairs = [{"a": "TAP-PER (runs/a.json)", "b": "PPlug (runs/new.json)", "difference": 0.05, "ci95": [0.01, 0.09]},
+             {"a": "TAP-PER (runs/a.json)", "b": "PPlug (runs/old.json)", "difference": 0.03, "ci95": [-0.02, 0.09]}]
+    (results_dir / "pag_rerun_2n.json").write_text(json.dumps({"task": "LaMP_2N", "pairs": pairs}))
+    # an OPPU rerun run with TAP-PER in a quality table of its own (MAE: TAP-PER minus OPPU is -0.3)
+    rerun3 = [row("TAP-PER", "mae", 0.4, [0.3, 0.5]),
+              row("OPPU", "mae", 0.7, [0.5, 0.9], {"TAP-PER": paired(0.3, 0.1, 0.5, "mae")})]
+    (results_dir / "quality_LaMP_3_oppu-rerun.json").write_text(json.dumps(quality_json("LaMP_3", "c", 69, rerun3)))
+    out = tmp_path / "out"
+    quality_summary.main(["--labels", "LaMP_2N,LaMP_3", "--results", str(results_dir), "--out", str(out),
+                          "--rerun", "LaMP_2N:PPlug=pag_rerun_2n", "--rerun", "LaMP_3:OPPU=quality_LaMP_3_oppu-rerun"])
+    data = json.loads((out / "quality_summary.json").read_text())
+    board = {b["label"]: b for b in data["scoreboard"]}
+    cell = board["LaMP_2N"]["cells"]["PPlug"]
+    assert cell["verdict"] == "ahead" and cell["difference"] == 0.05 and cell["rerun"] == "pag_rerun_2n"
+    assert cell["method"] == "PPlug (runs/new.json)" and board["LaMP_2N"]["counts"]["ahead"] == 3
+    cell = board["LaMP_3"]["cells"]["OPPU"]
+    assert cell["verdict"] == "ahead" and cell["difference"] == pytest.approx(-0.3)
+    assert cell["ci95"] == pytest.approx([-0.5, -0.1])
+    assert board["LaMP_3"]["counts"]["ahead, at the edge"] == 0  # the replaced cell no longer counts
+    md = (out / "quality_summary.md").read_text()
+    assert "ahead: +0.050 [+0.010, +0.090] (rerun: pag_rerun_2n)" in md
+    assert "LaMP_2N, PPlug: the rerun in pag_rerun_2n.json (PPlug (runs/new.json)); the task table's cell was " \
+           "tie +0.030." in md
+    assert "the task table's cell was ahead, at the edge -0.210." in md
+    # the per-task tables keep the table's own numbers
+    assert data["tasks"][0]["rows"][3]["vs_tapper"]["difference"] == pytest.approx(-0.03)
+
+
+@pytest.mark.parametrize("rerun, message", [
+    ("LaMP_2N=x", "expected LABEL:COLUMN=NAME"), ("LaMP_2N:Oracle=x", "no scoreboard column 'Oracle'"),
+    ("LaMP_9:PAG=pag_rerun", "LaMP_9 is not one of the summarized labels"),
+    ("LaMP_2N:RAG=pag_rerun", "pag_rerun.json: no RAG result paired with TAP-PER"),
+    ("LaMP_2N:PAG=missing", "missing.json: no such results file"),
+])
+def test_a_bad_rerun_is_refused_with_what_is_wrong(results_dir: Path, tmp_path: Path, rerun: str, message: str):
+    pairs = [{"a": "TAP-PER (a)", "b": "PAG (b)", "difference": 0.05, "ci95": [0.01, 0.09]}]
+    (results_dir / "pag_rerun.json").write_text(json.dumps({"pairs": pairs}))
+    with pytest.raises(SystemExit, match=message):
+        quality_summary.main(["--labels", "LaMP_2N", "--results", str(results_dir), "--out", str(tmp_path / "o"),
+                              "--rerun", rerun])
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("diff, ci, higher, expected", [
     (0.07, [0.03, 0.12], True, "ahead"), (-0.07, [-0.12, -0.03], True, "behind"),
     (0.02, [-0.03, 0.07], True, "tie"), (0.06, [0.0, 0.13], True, "ahead, at the edge"),
