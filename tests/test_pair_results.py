@@ -114,3 +114,27 @@ def test_an_answers_operand_reads_one_method_of_a_tables_answers_file(tmp_path: 
         load_answers(f"{path}#RAG", target, _rating_split({}, {}))
     with pytest.raises(SystemExit, match="not an answers file"):
         load_answers(f"{tmp_path / 'quality_x.json'}#PPlug", target, _rating_split({}, {}))
+
+
+def test_keep_answers_turns_kept_results_into_an_answers_file_that_pairs(tmp_path: Path):
+    import json
+
+    import keep_answers
+    from pair_results import load_answers
+
+    files = []
+    for name, predictions in {"TAP-PER": {"q1": "4", "q2": "2"}, "OPPU": {"q1": "5", "q2": "1"}}.items():
+        files.append(tmp_path / f"result_{name}.json")
+        files[-1].write_text(json.dumps({"name": name, "predictions": predictions, "metrics": {}}))
+    keep_answers.main(["--task", "LaMP_3", "--name", "quality_x", "--out", str(tmp_path / "res"),
+                       *map(str, files)])
+    path = tmp_path / "res" / "answers" / "quality_x.json"
+    kept = json.loads(path.read_text())
+    assert kept["task"] == "LaMP_3" and kept["kept_results"] == [str(f) for f in files]
+    assert kept["methods"]["OPPU"] == {"task": "LaMP_3", "golds": [{"id": "q1", "output": "5"},
+                                                                   {"id": "q2", "output": "1"}]}
+    target = _rating_split({"q1": [4], "q2": [1]}, {"q1": "4", "q2": "1"})
+    assert load_answers(f"{path}#TAP-PER", target, _rating_split({}, {}))[1] == {"q1": "4", "q2": "2"}
+    with pytest.raises(SystemExit, match="a second result named 'OPPU'"):
+        keep_answers.main(["--task", "LaMP_3", "--name", "y", "--out", str(tmp_path / "res"), str(files[1]),
+                           str(files[1])])

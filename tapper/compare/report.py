@@ -136,18 +136,27 @@ class Report:
             lines += [f"![{self.title}]({png.name})", ""]
         atomic_write_text(written[1], "\n".join(lines))
         if self.answers:
-            path = out_dir / ANSWERS_DIR / f"{self.name}.json"
-            path.parent.mkdir(exist_ok=True)
-            atomic_write_text(path, json.dumps({"benchmark": self.name, **stamp, "task": self.task, "methods": {
-                name: {"task": self.task, "golds": [{"id": i, "output": a} for i, a in answers.items()]}
-                for name, answers in self.answers.items()}}, indent=1, ensure_ascii=False) + "\n")
-            written.append(path)
+            written.append(write_answers(out_dir, self.name, self.task, self.answers, stamp))
         return written
 
     def text(self) -> str:
         """The tables and notes as the console shows them."""
         parts = [table.markdown() + "\n" for table in self.tables]
         return "\n".join(parts + [f"- {note}" for note in self.notes])
+
+
+def write_answers(out_dir: Path, name: str, task: str | None, answers: dict[str, dict[str, str]],
+                  stamp: dict[str, Any]) -> Path:
+    """out_dir/answers/<name>.json: each method's answers in LaMP's output format, under the run's stamp."""
+    from tapper.io_utils import atomic_write_text
+
+    path = Path(out_dir) / ANSWERS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    methods = {method: {"task": task, "golds": [{"id": i, "output": a} for i, a in preds.items()]}
+               for method, preds in answers.items()}
+    atomic_write_text(path, json.dumps({"benchmark": name, **stamp, "task": task, "methods": methods}, indent=1,
+                                       ensure_ascii=False) + "\n")
+    return path
 
 
 def save_plot(path: Path, draw: Callable[[Any], None]) -> None:
