@@ -110,7 +110,7 @@ def task_rows(data: dict[str, Any], md: Path) -> tuple[list[dict[str, Any]], str
             if kept:
                 ci = (r.get("paired", {}).get(ref) or {}).get("ci95")
             elif ref == TAPPER and r["method"] in notes:  # the note is TAP-PER minus this method: flip it
-                ci = [0.0 - notes[r["method"]][1], 0.0 - notes[r["method"]][0]]  # 0.0 -: no "-0.0000"
+                ci = flipped(notes[r["method"]])
             elif r["method"] == TAPPER and ref in notes:
                 ci = notes[ref]
             row[key] = {"difference": values[r["method"]] - values[ref], "ci95": ci}
@@ -172,6 +172,26 @@ def verdict(diff: float, ci: list[float] | None, higher: bool) -> str:
     return "tie"
 
 
+def is_method(name: str, prefix: str) -> bool:
+    """Whether a result's name is this method's: the name itself or it with a parenthesized detail, e.g.
+    "RAG (k=4, bm25, ...)" for "RAG" or "TAP-PER (runs/x.json)" for "TAP-PER", but not "TAP-PER without P_u"."""
+    return name == prefix or name.startswith(prefix + " (")
+
+
+def flipped(ci: list[float]) -> list[float]:
+    """The CI of b minus a from that of a minus b (0.0 -: no "-0.000")."""
+    return [0.0 - ci[1], 0.0 - ci[0]]
+
+
+def cell_of(method: str, diff: float, ci: list[float] | None, higher: bool) -> dict[str, Any]:
+    """A scoreboard cell: TAP-PER minus `method`, its paired CI and the verdict."""
+    return {"method": method, "difference": diff, "ci95": ci, "verdict": verdict(diff, ci, higher)}
+
+
+def verdict_counts(cells: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {v: sum(c["verdict"] == v for c in cells.values()) for v in VERDICTS}
+
+
 def scoreboard(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per task, one column per opponent: TAP-PER minus it, its paired CI and the verdict. The floor
     column takes the task's best floor (the one hardest to beat). Ablations: "ahead" means the part helps."""
@@ -183,17 +203,14 @@ def scoreboard(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cells = {}
         for column, prefix in OPPONENTS:
             row = best_floor if prefix is None else next(
-                (r for name, r in by_name.items() if name == prefix or name.startswith(prefix + " (")), None)
+                (r for name, r in by_name.items() if is_method(name, prefix)), None)
             if row is None or row["vs_tapper"] is None:
                 continue
             d = row["vs_tapper"]  # this method minus TAP-PER: flip it to TAP-PER minus this method
-            ci = None if d["ci95"] is None else [0.0 - d["ci95"][1], 0.0 - d["ci95"][0]]
-            diff = 0.0 - d["difference"]  # 0.0 -: no "-0.000"
-            cells[column] = {"method": row["method"], "difference": diff, "ci95": ci,
-                             "verdict": verdict(diff, ci, t["higher_better"])}
-        counts = {v: sum(c["verdict"] == v for c in cells.values()) for v in VERDICTS}
+            cells[column] = cell_of(row["method"], 0.0 - d["difference"],
+                                    None if d["ci95"] is None else flipped(d["ci95"]), t["higher_better"])
         board.append({"label": t["label"], "metric": t["metric"], "target_users": t["target_users"],
-                      "cells": cells, "counts": counts})
+                      "cells": cells, "counts": verdict_counts(cells)})
     return board
 
 
@@ -214,18 +231,14 @@ def rerun_cell(path: Path, column: str, higher: bool) -> dict[str, Any]:
     pair of a bench/pair_results.py output with A TAP-PER and B the column's method, or the paired entry of that
     method in a quality table that also ran TAP-PER."""
     prefix = dict(OPPONENTS)[column]
-
-    def is_column(name: str) -> bool:
-        return name == prefix or name.startswith(prefix + " (")
     try:
         data = json.loads(path.read_text())
-        if "pairs" in data:
+        if "pairs" in data:  # A minus B, A TAP-PER
             found = next(((p["b"], p["difference"], p["ci95"]) for p in data["pairs"]
-                          if is_column(p["b"]) and (p["a"] == TAPPER or p["a"].startswith(TAPPER + " ("))), None)
-        else:
-            found = next(((r["method"], 0.0 - r["paired"][TAPPER]["difference"],
-                           [0.0 - r["paired"][TAPPER]["ci95"][1], 0.0 - r["paired"][TAPPER]["ci95"][0]])
-                          for r in data["results"] if is_column(r["method"]) and TAPPER in r.get("paired", {})),
+                          if is_method(p["b"], prefix) and is_method(p["a"], TAPPER)), None)
+        else:  # the method minus TAP-PER: flipped
+            found = next(((r["method"], 0.0 - r["paired"][TAPPER]["difference"], flipped(r["paired"][TAPPER]["ci95"]))
+                          for r in data["results"] if is_method(r["method"], prefix) and TAPPER in r.get("paired", {})),
                          None)
     except FileNotFoundError:
         raise SummaryError(f"{path}: no such results file (--rerun)") from None
@@ -237,8 +250,7 @@ def rerun_cell(path: Path, column: str, higher: bool) -> dict[str, Any]:
     if found is None:
         raise SummaryError(f"{path}: no {column} result paired with TAP-PER")
     method, diff, ci = found
-    return {"method": method, "difference": float(diff), "ci95": [float(ci[0]), float(ci[1])],
-            "verdict": verdict(float(diff), ci, higher), "rerun": path.stem}
+    return {**cell_of(method, float(diff), [float(ci[0]), float(ci[1])], higher), "rerun": path.stem}
 
 
 def apply_reruns(board: list[dict[str, Any]], tasks: list[dict[str, Any]], reruns: list[tuple[str, str, str]],
@@ -254,7 +266,7 @@ def apply_reruns(board: list[dict[str, Any]], tasks: list[dict[str, Any]], rerun
         new = rerun_cell(results / f"{name}.json", column, t["higher_better"])
         old = b["cells"].get(column)
         b["cells"][column] = new
-        b["counts"] = {v: sum(c["verdict"] == v for c in b["cells"].values()) for v in VERDICTS}
+        b["counts"] = verdict_counts(b["cells"])
         before = "not run" if old is None else f"{old['verdict']} {old['difference']:+.3f}"
         notes.append(f"{label}, {column}: the rerun in {name}.json ({new['method']}); the task table's cell was "
                      f"{before}.")
