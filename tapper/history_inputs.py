@@ -32,6 +32,7 @@ from tapper.io_utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+REWRITE_BATCHES_PER_SAVE = 8  # the cache file is rewritten after this many batches
 REWRITE_INSTRUCTION = "Rewrite the following tweet in plain, neutral words, without any explanation: "
 
 
@@ -66,14 +67,16 @@ def rewrite_history_inputs(
             if key not in cache:
                 todo[key] = item.text
     keys = list(todo)
-    for start in tqdm(range(0, len(keys), batch_size), desc="rewrite history", leave=False, disable=None):
+    for n, start in enumerate(tqdm(range(0, len(keys), batch_size), desc="rewrite history", leave=False,
+                                   disable=None), 1):
         chunk = keys[start:start + batch_size]
         prompts = [backbone.format_prompt(REWRITE_INSTRUCTION + todo[k]) for k in chunk]
         for k, text in zip(chunk, generate_batch(backbone.model, backbone.tokenizer, prompts, None, max_new_tokens),
                            strict=True):
             cache[k] = text.strip()
-    if cache_file and keys:
-        atomic_write_text(cache_file, json.dumps(cache, ensure_ascii=False, indent=1) + "\n")
+        # 300 LaMP-7 users take most of an hour on two cores: a killed run keeps the rewrites written so far
+        if cache_file and (n % REWRITE_BATCHES_PER_SAVE == 0 or start + batch_size >= len(keys)):
+            atomic_write_text(cache_file, json.dumps(cache, ensure_ascii=False, indent=1) + "\n")
     scorer = rouge_scorer.RougeScorer(["rouge1"])
     out: dict[str, str] = {}
     rejected = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import tapper.history_inputs as hi
@@ -62,3 +63,29 @@ def test_history_records_without_an_answer_are_counted(tiny_backbone):
     builder = ExampleBuilder(lamp3, tiny_backbone, top_k=1)
     assert len(builder.from_history("u", items)) == 1
     assert builder.skipped_history == 1
+
+
+def test_a_killed_rewrite_run_keeps_the_rewrites_written_so_far(tiny_backbone, tmp_path, monkeypatch):
+    cache = tmp_path / "rewrites.json"
+    monkeypatch.setattr(hi, "REWRITE_BATCHES_PER_SAVE", 1)
+    calls = []
+
+    def dies_on_the_second_batch(model, tok, prompts, *a, **k):
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return ["tweet said plainly lol"] * len(prompts)
+
+    monkeypatch.setattr(hi, "generate_batch", dies_on_the_second_batch)
+    try:
+        hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, cache_path=cache, batch_size=2)
+    except KeyboardInterrupt:
+        pass
+    assert len(json.loads(cache.read_text())) == 2  # the first batch survived the crash
+
+    calls.clear()
+    monkeypatch.setattr(hi, "generate_batch", lambda model, tok, prompts, *a, **k: calls.append(len(prompts)) or
+                        ["tweet said plainly lol"] * len(prompts))
+    inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, cache_path=cache, batch_size=2)
+    assert sum(calls) == 6  # 8 candidates (2 users x 4): only the 6 the killed run had not reached
+    assert len(inputs) == 4 and len(json.loads(cache.read_text())) == 8
