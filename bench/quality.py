@@ -58,6 +58,7 @@ from tapper.data.builders import BUILDERS
 from tapper.data.lamp_io import read_split
 from tapper.data.records import LampSplit, Question
 from tapper.data.tasks import get_task
+from tapper.log_lines import show_tapper_log
 from tapper.prefix.config import TapperConfig
 from tapper.settings import SettingError, parse_overrides, split_overrides
 from tapper.train import TrainConfig
@@ -210,6 +211,7 @@ def main() -> None:
                     help="comma-separated P_u fit learning rates, e.g. 1e-3,3e-3,1e-2: every (rate, budget) is a "
                          "result of its own, named with its rate (default: the config's onboard_lr alone)")
     args = ap.parse_args()
+    show_tapper_log()  # progress and stage lines in a background run's log
     if args.threads:
         import torch
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 from rouge_score import rouge_scorer
@@ -29,6 +30,7 @@ from tapper.data.records import LampSplit, ProfileItem
 from tapper.data.tasks import Task
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_text
+from tapper.log_lines import live_progress
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def rewrite_history_inputs(
             if key not in cache:
                 todo[key] = item.text
     keys = list(todo)
+    began = time.perf_counter()
     for n, start in enumerate(tqdm(range(0, len(keys), batch_size), desc="rewrite history", leave=False,
                                    disable=None), 1):
         chunk = keys[start:start + batch_size]
@@ -74,9 +77,13 @@ def rewrite_history_inputs(
         for k, text in zip(chunk, generate_batch(backbone.model, backbone.tokenizer, prompts, None, max_new_tokens),
                            strict=True):
             cache[k] = text.strip()
-        # 300 LaMP-7 users take most of an hour on two cores: a killed run keeps the rewrites written so far
-        if cache_file and (n % REWRITE_BATCHES_PER_SAVE == 0 or start + batch_size >= len(keys)):
-            atomic_write_text(cache_file, json.dumps(cache, ensure_ascii=False, indent=1) + "\n")
+        # 300 LaMP-7 users take most of an hour on one core: a killed run keeps the rewrites written so far
+        if n % REWRITE_BATCHES_PER_SAVE == 0 or start + batch_size >= len(keys):
+            if cache_file:
+                atomic_write_text(cache_file, json.dumps(cache, ensure_ascii=False, indent=1) + "\n")
+            if not live_progress():
+                log.info("history rewrites: %d of %d written, %.0f s", min(start + batch_size, len(keys)),
+                         len(keys), time.perf_counter() - began)
     scorer = rouge_scorer.RougeScorer(["rouge1"])
     out: dict[str, str] = {}
     rejected = 0

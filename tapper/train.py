@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -35,6 +34,7 @@ from tapper.data.records import LampSplit, Question
 from tapper.data.tasks import get_task
 from tapper.examples import Example, ExampleBuilder
 from tapper.io_utils import atomic_replace_dir, atomic_write_text
+from tapper.log_lines import live_progress
 from tapper.lora import add_lora
 from tapper.prefix.config import TapperConfig
 from tapper.prefix.model import (
@@ -133,13 +133,6 @@ def _loop(cfg: TrainConfig, lr: float, epochs: float = 1.0, max_steps: int | Non
 
 
 # -- what training says: a per-step loss log, progress lines without a terminal -------------------------------
-
-def live_progress() -> bool:
-    """Whether a redrawn progress bar can be seen: a terminal or a notebook. Without one (a log file, CI),
-    tqdm's carriage returns would pile up in the log, so StepLog prints plain lines instead."""
-    stream = sys.stderr
-    return bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules
-
 
 class StepLog:
     """The training loop's on_step callback for one stage: appends every step's loss to RUN/train_log.jsonl (and

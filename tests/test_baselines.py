@@ -180,7 +180,7 @@ def test_pag_gives_a_pair_without_earlier_records_no_summary(sample, tmp_path, m
     assert len(asked) == 2
 
 
-def test_pag_keeps_the_summaries_written_before_a_crash(sample, tmp_path, monkeypatch):
+def test_pag_keeps_the_summaries_written_before_a_crash(sample, tmp_path, monkeypatch, caplog):
     import json
 
     import tapper.baselines.pag as pag_module
@@ -197,8 +197,12 @@ def test_pag_keeps_the_summaries_written_before_a_crash(sample, tmp_path, monkey
     histories = [(q.user_id, q.profile[:i]) for i in range(1, pag_module.SUMMARY_BATCHES_PER_SAVE + 3)]
     pag = PagBaseline(tiny_backbone(), pag_module.PagConfig(task=TASK, summary_batch_size=1),
                       cache_path=tmp_path / "summaries.json")
-    with pytest.raises(RuntimeError, match="killed"):
+    monkeypatch.setattr(pag_module, "live_progress", lambda: False)  # a background run's log file
+    with pytest.raises(RuntimeError, match="killed"), caplog.at_level("INFO", logger="tapper"):
         pag.summaries(histories)
+    written = [r.getMessage().split(",")[0] for r in caplog.records if "written" in r.getMessage()]
+    per_save = pag_module.SUMMARY_BATCHES_PER_SAVE
+    assert written == [f"PAG summaries: {per_save} of {len(histories)} written"]  # the chunk saved before the crash
     kept = json.loads((tmp_path / "summaries.json").read_text())
     assert len(kept) == pag_module.SUMMARY_BATCHES_PER_SAVE  # the first chunk, on disk
     again = PagBaseline(tiny_backbone(), pag_module.PagConfig(task=TASK, summary_batch_size=1),

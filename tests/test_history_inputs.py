@@ -65,7 +65,7 @@ def test_history_records_without_an_answer_are_counted(tiny_backbone):
     assert builder.skipped_history == 1
 
 
-def test_a_killed_rewrite_run_keeps_the_rewrites_written_so_far(tiny_backbone, tmp_path, monkeypatch):
+def test_a_killed_rewrite_run_keeps_the_rewrites_written_so_far(tiny_backbone, tmp_path, monkeypatch, caplog):
     cache = tmp_path / "rewrites.json"
     monkeypatch.setattr(hi, "REWRITE_BATCHES_PER_SAVE", 1)
     calls = []
@@ -86,6 +86,10 @@ def test_a_killed_rewrite_run_keeps_the_rewrites_written_so_far(tiny_backbone, t
     calls.clear()
     monkeypatch.setattr(hi, "generate_batch", lambda model, tok, prompts, *a, **k: calls.append(len(prompts)) or
                         ["tweet said plainly lol"] * len(prompts))
-    inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, cache_path=cache, batch_size=2)
+    monkeypatch.setattr(hi, "live_progress", lambda: False)  # a background run's log file
+    with caplog.at_level("INFO", logger="tapper"):
+        inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, cache_path=cache, batch_size=2)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" s") and "written" in r.getMessage()]
+    assert [p.split(",")[0] for p in progress] == [f"history rewrites: {n} of 6 written" for n in (2, 4, 6)]
     assert sum(calls) == 6  # 8 candidates (2 users x 4): only the 6 the killed run had not reached
     assert len(inputs) == 4 and len(json.loads(cache.read_text())) == 8

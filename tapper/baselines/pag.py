@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from tapper.data.records import LampSplit, ProfileItem, Question
 from tapper.examples import Example
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_text
+from tapper.log_lines import live_progress
 
 log = logging.getLogger(__name__)
 SUMMARIES_NAME = "profile_summaries.json"
@@ -116,6 +118,7 @@ class PagBaseline(RagBaseline):
                 todo.setdefault(key, history)
         missing = list(todo)
         chunk = self.config.summary_batch_size * SUMMARY_BATCHES_PER_SAVE
+        began = time.perf_counter()
         for start in tqdm(range(0, len(missing), chunk), desc="PAG summaries", unit="chunk",
                           leave=False, disable=None if len(missing) > chunk else True):
             done = missing[start:start + chunk]
@@ -123,6 +126,9 @@ class PagBaseline(RagBaseline):
                                   strict=True))
             self.generated += len(done)
             self._write_cache()  # a killed run keeps what it wrote
+            if not live_progress():
+                log.info("PAG summaries: %d of %d written, %.0f s", start + len(done), len(missing),
+                         time.perf_counter() - began)
         if missing:
             log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
         return [self.cache[k] if history else "" for k, (_, history) in zip(keys, histories, strict=True)]

@@ -1,17 +1,18 @@
 """How the `tapper` command reports: one `error: ...` line for a mistake the user can fix (no traceback), and
-tapper's log lines on stderr (stage summaries, "reusing stage 1", a GGUF conversion, progress without a terminal).
+tapper's log lines on stderr (tapper.log_lines: stage summaries, "reusing stage 1", a GGUF conversion, progress
+without a terminal).
 
 TAPPER_DEBUG=1 lets the exception through with its traceback."""
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
 import click
 import typer
 from typer.core import TyperGroup
+
+from tapper.log_lines import tapper_log_shown
 
 DEBUG_ENV = "TAPPER_DEBUG"
 
@@ -27,45 +28,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
             IsADirectoryError, NotADirectoryError)
 
 
-class _Stderr(logging.Handler):
-    """Writes to whatever sys.stderr is at the time (test runners swap it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001 - logging must never raise
-            self.handleError(record)
-
-
-class _Format(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
-
-
 class TapperGroup(TyperGroup):
     """The top-level group: every command runs with tapper's log lines shown and everyday mistakes reported as
     one line with exit status 2."""
 
     def invoke(self, ctx: click.Context):
-        logger = logging.getLogger("tapper")
-        handler = _Stderr()
-        handler.setFormatter(_Format())
-        level = logger.level
-        logger.addHandler(handler)
-        if logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
-        try:
-            return super().invoke(ctx)
-        except user_errors() as e:
-            if os.environ.get(DEBUG_ENV):
-                raise
-            message = str(e)
-            if isinstance(e, OSError) and e.filename is not None and e.strerror:
-                message = f"{e.filename}: {e.strerror}"
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(2) from None
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
+        with tapper_log_shown():
+            try:
+                return super().invoke(ctx)
+            except user_errors() as e:
+                if os.environ.get(DEBUG_ENV):
+                    raise
+                message = str(e)
+                if isinstance(e, OSError) and e.filename is not None and e.strerror:
+                    message = f"{e.filename}: {e.strerror}"
+                typer.echo(f"error: {message}", err=True)
+                raise typer.Exit(2) from None

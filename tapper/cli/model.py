@@ -257,7 +257,8 @@ def register(app: typer.Typer) -> None:
         import torch
         from tqdm.auto import tqdm
 
-        from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, live_progress, onboard_users
+        from tapper.log_lines import live_progress
+        from tapper.train import TRAIN_CONFIG_NAME, TrainConfig, builder_for, onboard_users
 
         _dtype_choice(dtype)
         model = _load_run(run, device, model, allow_other_model)  # --model (a spec) gives way to the loaded run

@@ -1,0 +1,59 @@
+"""tapper's own log lines on stderr: stage summaries, "reusing stage 1", and the plain progress lines that long
+steps write when no terminal shows a live bar (a background run's log file would otherwise say nothing for
+most of an hour). The `tapper` command shows them for every command; the benchmark scripts call
+`show_tapper_log` once."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def live_progress() -> bool:
+    """Whether a redrawn progress bar can be seen: a terminal or a notebook. Without one (a log file, CI),
+    tqdm's carriage returns would pile up in the log, so long steps log plain lines instead."""
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules
+
+
+class StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+class LineFormat(logging.Formatter):
+    """An info line as it is; a warning or worse prefixed by its level ("warning: ...")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+@contextmanager
+def tapper_log_shown() -> Iterator[None]:
+    """tapper's INFO lines (and worse) on stderr while the block runs; the logger is left as it was."""
+    logger = logging.getLogger("tapper")
+    handler = StderrHandler()
+    handler.setFormatter(LineFormat())
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def show_tapper_log() -> None:
+    """For a script: tapper's INFO lines on stderr from here to the end of the process."""
+    tapper_log_shown().__enter__()
