@@ -77,7 +77,7 @@ def rewrite_history_inputs(
         for k, text in zip(chunk, generate_batch(backbone.model, backbone.tokenizer, prompts, None, max_new_tokens),
                            strict=True):
             cache[k] = text.strip()
-        # 300 LaMP-7 users take most of an hour on one core: a killed run keeps the rewrites written so far
+        # 300 LaMP-7 users take 35 min on one core: a killed run keeps the rewrites written so far
         if n % REWRITE_BATCHES_PER_SAVE == 0 or start + batch_size >= len(keys):
             if cache_file:
                 atomic_write_text(cache_file, json.dumps(cache, ensure_ascii=False, indent=1) + "\n")
