@@ -37,23 +37,31 @@ class LineFormat(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
+def _attach() -> logging.Handler:
+    logger = logging.getLogger("tapper")
+    handler = StderrHandler()
+    handler.setFormatter(LineFormat())
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+def show_tapper_log() -> None:
+    """For a script: tapper's INFO lines (and worse) on stderr from here to the end of the process, each once
+    (not again through a root handler that some library may configure on the way)."""
+    _attach()
+    logging.getLogger("tapper").propagate = False
+
+
 @contextmanager
 def tapper_log_shown() -> Iterator[None]:
     """tapper's INFO lines (and worse) on stderr while the block runs; the logger is left as it was."""
     logger = logging.getLogger("tapper")
-    handler = StderrHandler()
-    handler.setFormatter(LineFormat())
     level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+    handler = _attach()
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-def show_tapper_log() -> None:
-    """For a script: tapper's INFO lines on stderr from here to the end of the process."""
-    tapper_log_shown().__enter__()
