@@ -30,7 +30,7 @@ from tapper.data.records import LampSplit, ProfileItem
 from tapper.data.tasks import Task
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_text
-from tapper.log_lines import live_progress
+from tapper.log_lines import log_written
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ def rewrite_history_inputs(
         if n % REWRITE_BATCHES_PER_SAVE == 0 or start + batch_size >= len(keys):
             if cache_file:
                 atomic_write_text(cache_file, json.dumps(cache, ensure_ascii=False, indent=1) + "\n")
-            if not live_progress():
-                log.info("history rewrites: %d of %d written, %.0f s", min(start + batch_size, len(keys)),
-                         len(keys), time.perf_counter() - began)
+            log_written(log, "history rewrites", min(start + batch_size, len(keys)), len(keys), began)
     scorer = rouge_scorer.RougeScorer(["rouge1"])
     out: dict[str, str] = {}
     rejected = 0

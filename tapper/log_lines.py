@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,13 @@ def live_progress() -> bool:
     tqdm's carriage returns would pile up in the log, so long steps log plain lines instead."""
     stream = sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules
+
+
+def log_written(logger: logging.Logger, what: str, done: int, total: int, began: float) -> None:
+    """A long generation step's progress line ("PAG summaries: 64 of 992 written, 101 s"), when no live bar
+    shows it; `began` is the step's time.perf_counter() at its start."""
+    if not live_progress():
+        logger.info("%s: %d of %d written, %.0f s", what, done, total, time.perf_counter() - began)
 
 
 class StderrHandler(logging.Handler):

@@ -197,7 +197,7 @@ def test_pag_keeps_the_summaries_written_before_a_crash(sample, tmp_path, monkey
     histories = [(q.user_id, q.profile[:i]) for i in range(1, pag_module.SUMMARY_BATCHES_PER_SAVE + 3)]
     pag = PagBaseline(tiny_backbone(), pag_module.PagConfig(task=TASK, summary_batch_size=1),
                       cache_path=tmp_path / "summaries.json")
-    monkeypatch.setattr(pag_module, "live_progress", lambda: False)  # a background run's log file
+    monkeypatch.setattr("tapper.log_lines.live_progress", lambda: False)  # a background run's log file
     with pytest.raises(RuntimeError, match="killed"), caplog.at_level("INFO", logger="tapper"):
         pag.summaries(histories)
     written = [r.getMessage().split(",")[0] for r in caplog.records if "written" in r.getMessage()]

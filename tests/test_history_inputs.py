@@ -86,7 +86,7 @@ def test_a_killed_rewrite_run_keeps_the_rewrites_written_so_far(tiny_backbone, t
     calls.clear()
     monkeypatch.setattr(hi, "generate_batch", lambda model, tok, prompts, *a, **k: calls.append(len(prompts)) or
                         ["tweet said plainly lol"] * len(prompts))
-    monkeypatch.setattr(hi, "live_progress", lambda: False)  # a background run's log file
+    monkeypatch.setattr("tapper.log_lines.live_progress", lambda: False)  # a background run's log file
     with caplog.at_level("INFO", logger="tapper"):
         inputs = hi.rewrite_history_inputs(tiny_backbone, TASK, split(), max_pairs=2, cache_path=cache, batch_size=2)
     progress = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" s") and "written" in r.getMessage()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from tapper.log_lines import tapper_log_shown
+from tapper.log_lines import show_tapper_log, tapper_log_shown
 
 log = logging.getLogger("tapper.some_step")
 
@@ -25,14 +25,12 @@ def test_info_lines_are_shown_inside_the_block_and_not_after(capsys):
 
 
 def test_a_script_shows_each_line_once_even_with_a_root_handler(capsys, monkeypatch):
-    import tapper.log_lines as ll
-
     logger = logging.getLogger("tapper")
     monkeypatch.setattr(logger, "handlers", [])
     monkeypatch.setattr(logger, "propagate", True)
     monkeypatch.setattr(logger, "level", logging.NOTSET)
     root = logging.StreamHandler(sys.stderr)  # what logging.basicConfig, called by some library, would add
     monkeypatch.setattr(logging.getLogger(), "handlers", [root])
-    ll.show_tapper_log()
+    show_tapper_log()
     log.info("history rewrites: 8 of 16 written, 3 s")
     assert capsys.readouterr().err.count("history rewrites: 8 of 16 written") == 1

@@ -40,7 +40,7 @@ from tapper.data.records import LampSplit, ProfileItem, Question
 from tapper.examples import Example
 from tapper.generate import generate_batch
 from tapper.io_utils import atomic_write_text
-from tapper.log_lines import live_progress
+from tapper.log_lines import log_written
 
 log = logging.getLogger(__name__)
 SUMMARIES_NAME = "profile_summaries.json"
@@ -126,9 +126,7 @@ class PagBaseline(RagBaseline):
                                   strict=True))
             self.generated += len(done)
             self._write_cache()  # a killed run keeps what it wrote
-            if not live_progress():
-                log.info("PAG summaries: %d of %d written, %.0f s", start + len(done), len(missing),
-                         time.perf_counter() - began)
+            log_written(log, "PAG summaries", start + len(done), len(missing), began)
         if missing:
             log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
         return [self.cache[k] if history else "" for k, (_, history) in zip(keys, histories, strict=True)]
