@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from rouge_score import rouge_scorer
@@ -29,7 +30,7 @@ from tapper.backbone import Backbone
 from tapper.data.records import LampSplit, ProfileItem
 from tapper.data.tasks import Task
 from tapper.generate import generate_batch
-from tapper.io_utils import atomic_write_text
+from tapper.io_utils import atomic_write_text, one_writer
 from tapper.log_lines import log_written
 
 log = logging.getLogger(__name__)
@@ -55,33 +56,15 @@ def rewrite_history_inputs(
     passes the overlap filter. Rewrites are cached by (backbone, record text)."""
     if candidates is None and max_pairs is not None:
         candidates = 2 * max_pairs
-    cache: dict[str, str] = {}
-    cache_file = Path(cache_path) if cache_path else None
-    if cache_file and cache_file.exists():
-        cache = json.loads(cache_file.read_text(encoding="utf-8"))
-    todo: dict[str, str] = {}  # cache key -> text
+    texts: dict[str, str] = {}  # cache key -> text
     wanted: dict[str, list[tuple[str, str, str]]] = {}  # question id -> [(record id, cache key, text)]
     for q in split.questions:
         items = q.profile if candidates is None else q.profile[-candidates:]
         for item in items:
             key = hashlib.sha256(f"{backbone.name}\n{item.text}".encode()).hexdigest()[:24]
             wanted.setdefault(q.id, []).append((item.id, key, item.text))
-            if key not in cache:
-                todo[key] = item.text
-    keys = list(todo)
-    began = time.perf_counter()
-    for n, start in enumerate(tqdm(range(0, len(keys), batch_size), desc="rewrite history", leave=False,
-                                   disable=None), 1):
-        chunk = keys[start:start + batch_size]
-        prompts = [backbone.format_prompt(REWRITE_INSTRUCTION + todo[k]) for k in chunk]
-        for k, text in zip(chunk, generate_batch(backbone.model, backbone.tokenizer, prompts, None, max_new_tokens),
-                           strict=True):
-            cache[k] = text.strip()
-        # 300 LaMP-7 users take 35 min on one core: a killed run keeps the rewrites written so far
-        if n % REWRITE_BATCHES_PER_SAVE == 0 or start + batch_size >= len(keys):
-            if cache_file:
-                atomic_write_text(cache_file, json.dumps(cache, ensure_ascii=False, indent=1) + "\n")
-            log_written(log, "history rewrites", min(start + batch_size, len(keys)), len(keys), began)
+            texts[key] = item.text
+    cache = _rewrite_missing(backbone, texts, Path(cache_path) if cache_path else None, batch_size, max_new_tokens)
     scorer = rouge_scorer.RougeScorer(["rouge1"])
     out: dict[str, str] = {}
     rejected = 0
@@ -97,6 +80,33 @@ def rewrite_history_inputs(
     log.warning("history rewrites: %d kept, %d rejected by the overlap filter [%.2f, %.2f]",
                 len(out), rejected, min_overlap, max_overlap)
     return out
+
+
+def _rewrite_missing(backbone: Backbone, texts: dict[str, str], cache_file: Path | None, batch_size: int,
+                     max_new_tokens: int) -> dict[str, str]:
+    """The cache (key -> rewrite) holding a rewrite of every text in `texts`. One process at a time fills a
+    cache file: a second one asking for the same rewrites waits, then reads them instead of writing them too."""
+    held = nullcontext() if cache_file is None else one_writer(cache_file.with_name(f"{cache_file.name}.lock"),
+                                                                "history rewrites")
+    with held:
+        cache: dict[str, str] = {}
+        if cache_file and cache_file.exists():
+            cache = json.loads(cache_file.read_text(encoding="utf-8"))
+        keys = [k for k in texts if k not in cache]
+        began = time.perf_counter()
+        for n, start in enumerate(tqdm(range(0, len(keys), batch_size), desc="rewrite history", leave=False,
+                                       disable=None), 1):
+            chunk = keys[start:start + batch_size]
+            prompts = [backbone.format_prompt(REWRITE_INSTRUCTION + texts[k]) for k in chunk]
+            for k, text in zip(chunk, generate_batch(backbone.model, backbone.tokenizer, prompts, None,
+                                                     max_new_tokens), strict=True):
+                cache[k] = text.strip()
+            # 300 LaMP-7 users take 35 min on one core: a killed run keeps the rewrites written so far
+            if n % REWRITE_BATCHES_PER_SAVE == 0 or start + batch_size >= len(keys):
+                if cache_file:
+                    atomic_write_text(cache_file, json.dumps(cache, ensure_ascii=False, indent=1) + "\n")
+                log_written(log, "history rewrites", min(start + batch_size, len(keys)), len(keys), began)
+    return cache
 
 
 def _as_task_input(task: Task, rewritten: str) -> str:

@@ -1,12 +1,19 @@
-"""Atomic file writes: a crash mid-write leaves the previous file intact."""
+"""Atomic file writes: a crash mid-write leaves the previous file intact. And one writer at a time for the
+caches that several processes may fill at once."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
 
 
 def _umask_mode() -> int:
@@ -70,3 +77,20 @@ def atomic_replace_dir(target: Path, build: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def one_writer(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold the file lock `lock_path` for the block. Two processes that would fill the same cache (two methods
+    of one comparison run side by side) would otherwise both generate it; the second waits here, says so in
+    its log, and then finds the first's work on disk."""
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: another process holds %s; waiting for it to finish", what, lock_path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

@@ -24,7 +24,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from torch import nn
 
 from tapper import distributed
@@ -33,7 +32,7 @@ from tapper.batching import answer_loss
 from tapper.data.records import LampSplit, Question
 from tapper.data.tasks import get_task
 from tapper.examples import Example, ExampleBuilder
-from tapper.io_utils import atomic_replace_dir, atomic_write_text
+from tapper.io_utils import atomic_replace_dir, atomic_write_text, one_writer
 from tapper.log_lines import live_progress
 from tapper.lora import add_lora
 from tapper.prefix.config import TapperConfig
@@ -259,7 +258,7 @@ def train_task_lora(
     # Two processes sharing a work dir (e.g. a comparison split by method) would both train this adapter and
     # write one checkpoint and log: the second waits here, then finds the first's adapter and reuses it.
     # Under torchrun the ranks train it together, so they take no lock.
-    with nullcontext() if distributed.active() else FileLock(run_dir / "stage1.lock"):
+    with nullcontext() if distributed.active() else one_writer(run_dir / "stage1.lock", "stage 1 (task LoRA)"):
         return _train_task_lora(backbone, examples, tcfg, cfg, run_dir, report)
 
 

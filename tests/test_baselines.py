@@ -213,6 +213,23 @@ def test_pag_keeps_the_summaries_written_before_a_crash(sample, tmp_path, monkey
     assert sum(calls) == 2  # only what the crash left unwritten
 
 
+def test_pag_reads_summaries_another_process_wrote_after_it_opened_the_cache(sample, tmp_path, monkeypatch):
+    import tapper.baselines.pag as pag_module
+
+    calls: list[int] = []
+    monkeypatch.setattr(pag_module, "generate_batch", lambda model, tok, prompts, *a, **k: calls.append(len(prompts))
+                        or ["likes tests"] * len(prompts))
+    q = sample["test"].questions[0]
+    histories = [(q.user_id, q.profile[:i]) for i in range(1, 4)]
+    cache = tmp_path / "summaries.json"
+    first, second = (PagBaseline(tiny_backbone(), pag_module.PagConfig(task=TASK, summary_batch_size=1),
+                                 cache_path=cache) for _ in range(2))  # both opened while the cache is empty
+    first.summaries(histories)
+    assert sum(calls) == 3
+    assert second.summaries(histories) == ["likes tests"] * 3
+    assert sum(calls) == 3 and second.generated == 0  # the second read the first's, written none again
+
+
 def test_pag_summaries_are_cached_per_user_and_history(tiny_backbone, sample, tmp_path):
     target = subset(sample["test"], 2)
     pag = make_baseline("pag", tiny_backbone, TASK, tmp_path, {**SMALL, "summary_tokens": 4})

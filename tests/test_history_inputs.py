@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import tapper.history_inputs as hi
 from tapper.data.records import LampSplit, ProfileItem, Question
@@ -93,3 +97,48 @@ def test_a_killed_rewrite_run_keeps_the_rewrites_written_so_far(tiny_backbone, t
     assert [p.split(",")[0] for p in progress] == [f"history rewrites: {n} of 6 written" for n in (2, 4, 6)]
     assert sum(calls) == 6  # 8 candidates (2 users x 4): only the 6 the killed run had not reached
     assert len(inputs) == 4 and len(json.loads(cache.read_text())) == 8
+
+
+TWO_WRITERS = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import tapper.history_inputs as hi
+    from tapper.backbone import tiny_backbone
+    from tapper.data.records import LampSplit, ProfileItem, Question
+    from tapper.data.tasks import get_task
+
+    work, me = Path(sys.argv[1]), sys.argv[2]
+    task = get_task("LaMP_7")
+    qs = []
+    for u in range(2):
+        profile = [ProfileItem(f"{u}_{j}", {"text": f"omg tweet {u} {j} lol"}, None, j) for j in range(4)]
+        qs.append(Question(id=str(u), input=task.history_input(profile[0]), profile=profile, user_id=str(u)))
+
+    def slow_rewrite(model, tok, prompts, *a, **k):
+        with open(work / "generated.txt", "a") as f:
+            f.write(f"{me} {len(prompts)}\\n")
+        time.sleep(0.3)
+        return ["tweet said plainly lol"] * len(prompts)
+
+    hi.generate_batch = slow_rewrite
+    backbone = tiny_backbone(seed=0)
+    (work / f"ready-{me}").touch()
+    while not all((work / f"ready-{w}").exists() for w in "ab"):  # both start rewriting at the same time
+        time.sleep(0.01)
+    inputs = hi.rewrite_history_inputs(backbone, task, LampSplit("LaMP_7", qs, None), max_pairs=2,
+                                       cache_path=work / "rewrites.json", batch_size=2)
+    print(json.dumps(inputs, sort_keys=True))
+""")
+
+
+def test_two_processes_asking_for_the_same_rewrites_write_them_once(tmp_path: Path):
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_WRITERS, str(tmp_path), me], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for me in "ab"]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    assert outs[0][0].splitlines()[-1] == outs[1][0].splitlines()[-1]  # the same inputs in both
+    batches = [line.split() for line in (tmp_path / "generated.txt").read_text().splitlines()]
+    assert sum(int(n) for _, n in batches) == 8  # 2 users x 4 candidates, rewritten once in all
+    assert len({who for who, _ in batches}) == 1  # by one process; the other waited and read them
+    assert len(json.loads((tmp_path / "rewrites.json").read_text())) == 8

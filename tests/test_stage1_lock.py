@@ -1,6 +1,7 @@
 """Two processes that share a work dir (a comparison split by method, as bench/quality.py runs are) train stage 1
 once: the second waits for the first's adapter and reuses it, instead of training it again into the same
-checkpoint and log."""
+checkpoint and log. The lock (`io_utils.one_writer`) also guards the LaMP-7 rewrites and PAG's summaries
+(tests/test_history_inputs.py, tests/test_baselines.py), and a waiting process says so in its log."""
 
 from __future__ import annotations
 
@@ -39,3 +40,29 @@ def test_two_processes_sharing_a_work_dir_train_stage1_once(tmp_path: Path):
     assert statuses == ["reused", "trained"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "stage1" / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1)) and steps  # one trainer wrote the log
+
+
+def test_a_second_writer_says_it_waits_and_goes_on_when_the_first_is_done(tmp_path: Path, caplog):
+    import threading
+
+    from filelock import FileLock
+
+    from tapper.io_utils import one_writer
+
+    lock_path = tmp_path / "cache.json.lock"
+    held, release = threading.Event(), threading.Event()
+
+    def first_writer() -> None:
+        with FileLock(lock_path):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=first_writer)
+    t.start()
+    held.wait(30)
+    threading.Timer(0.2, release.set).start()
+    with caplog.at_level("INFO", logger="tapper"), one_writer(lock_path, "history rewrites"):
+        assert release.is_set()  # entered only after the first writer let go
+    t.join()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"history rewrites: another process holds {lock_path}; waiting for it to finish"]

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from tapper.baselines.rag import RagBaseline, RagConfig
 from tapper.data.records import LampSplit, ProfileItem, Question
 from tapper.examples import Example
 from tapper.generate import generate_batch
-from tapper.io_utils import atomic_write_text
+from tapper.io_utils import atomic_write_text, one_writer
 from tapper.log_lines import log_written
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,7 @@ class PagBaseline(RagBaseline):
         self.summarizer = summarizer or backbone
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self.cache: dict[str, str] = {}
-        if self.cache_path is not None and self.cache_path.exists():
-            self.cache = json.loads(self.cache_path.read_text(encoding="utf-8"))
+        self._read_cache()
         self.by_user: dict[str, str] = {}
         self.generated = 0  # summaries written by this instance (cache misses)
 
@@ -112,21 +112,25 @@ class PagBaseline(RagBaseline):
         """One summary per (user id, history), generated where the cache has none, in batches; "" (no summary,
         nothing generated) for an empty history."""
         keys = [self.cache_key(user_id, history) for user_id, history in histories]
-        todo: dict[str, list[ProfileItem]] = {}
-        for key, (_, history) in zip(keys, histories, strict=True):
-            if history and key not in self.cache:
-                todo.setdefault(key, history)
-        missing = list(todo)
-        chunk = self.config.summary_batch_size * SUMMARY_BATCHES_PER_SAVE
-        began = time.perf_counter()
-        for start in tqdm(range(0, len(missing), chunk), desc="PAG summaries", unit="chunk",
-                          leave=False, disable=None if len(missing) > chunk else True):
-            done = missing[start:start + chunk]
-            self.cache.update(zip(done, self.write_summaries(self.summary_prompts([todo[k] for k in done])),
-                                  strict=True))
-            self.generated += len(done)
-            self._write_cache()  # a killed run keeps what it wrote
-            log_written(log, "PAG summaries", start + len(done), len(missing), began)
+        held = nullcontext() if self.cache_path is None else one_writer(
+            self.cache_path.with_name(f"{self.cache_path.name}.lock"), "PAG summaries")
+        with held:
+            self._read_cache()  # another process may have written summaries since this one started
+            todo: dict[str, list[ProfileItem]] = {}
+            for key, (_, history) in zip(keys, histories, strict=True):
+                if history and key not in self.cache:
+                    todo.setdefault(key, history)
+            missing = list(todo)
+            chunk = self.config.summary_batch_size * SUMMARY_BATCHES_PER_SAVE
+            began = time.perf_counter()
+            for start in tqdm(range(0, len(missing), chunk), desc="PAG summaries", unit="chunk",
+                              leave=False, disable=None if len(missing) > chunk else True):
+                done = missing[start:start + chunk]
+                self.cache.update(zip(done, self.write_summaries(self.summary_prompts([todo[k] for k in done])),
+                                      strict=True))
+                self.generated += len(done)
+                self._write_cache()  # a killed run keeps what it wrote
+                log_written(log, "PAG summaries", start + len(done), len(missing), began)
         if missing:
             log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
         return [self.cache[k] if history else "" for k, (_, history) in zip(keys, histories, strict=True)]
@@ -166,6 +170,10 @@ class PagBaseline(RagBaseline):
         recent = history[-self.config.summary_records:]
         return summary_prompt([self.task.record_prompt(truncate_record(r, tok, self.config.summary_record_tokens))
                                for r in recent])
+
+    def _read_cache(self) -> None:
+        if self.cache_path is not None and self.cache_path.exists():
+            self.cache.update(json.loads(self.cache_path.read_text(encoding="utf-8")))
 
     def _write_cache(self) -> None:
         if self.cache_path is not None:
