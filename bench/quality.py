@@ -33,6 +33,7 @@ method's result is kept in --runs as it finishes, so a killed run picks up where
 method: the peers take the same input and answer lengths, history pairs, epochs, batch size and seed.
 --rewrite-history (LaMP-7) replays each history tweet from a filtered backbone rewrite instead of from
 itself, for every method that trains on the target users' histories (see tapper.history_inputs).
+--pag-summarizer gives PAG another summarizer than the backbone (an instruction-tuned one for a base model).
 Writes results/quality_<task>.{json,md,png} with bootstrap 95% intervals (1,000 resamples, --seed).
 Every answer of every method goes to results/answers/quality_<task>.json (LaMP's output format per method), so
 any two results can be paired later without the runs dir (bench/pair_results.py "<file>#<method>").
@@ -194,6 +195,9 @@ def main() -> None:
                          "repeatable")
     ap.add_argument("--rewrite-history", action="store_true",
                     help="LaMP-7: stage-2 pairs are (filtered backbone rewrite of a history tweet -> the tweet)")
+    ap.add_argument("--pag-summarizer", default=None, metavar="BACKBONE",
+                    help="PAG's summarizer (default: the backbone itself, untuned); an instruction-tuned model "
+                         "for a base backbone, e.g. --backbone gemma3-270m --pag-summarizer default")
     ap.add_argument("--val-users", type=int, default=0,
                     help="score K validation users instead of the targets (LaMP-7: the users after the stage-1 "
                          "users; built tasks: the users outside targets and stage 1 with the longest histories); "
@@ -241,8 +245,8 @@ def main() -> None:
         task=task, target=target, others=others, pool=pool, label=label, data_info=data_info,
         data_settings={"stage1_users": args.stage1_users, "min_profile": args.min_profile}, methods=wanted,
         backbone=args.backbone, seed=args.seed, model_overrides=model_over, train_overrides=train_over,
-        rewrite_history=args.rewrite_history, onboard_users=args.onboard_users, onboard_steps=onboard_steps,
-        onboard_lrs=onboard_lrs, val_users=args.val_users, val_latest=args.val_latest,
+        rewrite_history=args.rewrite_history, pag_summarizer=args.pag_summarizer, onboard_users=args.onboard_users,
+        onboard_steps=onboard_steps, onboard_lrs=onboard_lrs, val_users=args.val_users, val_latest=args.val_latest,
         fresh=args.fresh)
     try:
         report = run_comparison(spec, runs)

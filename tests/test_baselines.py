@@ -690,3 +690,17 @@ def test_a_resumed_oppu_fit_counts_the_training_time_of_the_users_it_keeps(sampl
     with TrainingClock() as rerun:
         again.fit(target)
     assert rerun.seconds >= sum(spent.values())
+
+
+def test_pag_warns_when_its_summarizer_is_a_base_model(caplog):
+    import tapper.baselines.pag as pag_module
+
+    base = tiny_backbone()
+    base.tokenizer.chat_template = None  # as Gemma 3 270M's: it continues the record list it is shown
+    with caplog.at_level("WARNING", logger="tapper"):
+        PagBaseline(tiny_backbone(), pag_module.PagConfig(task=TASK), summarizer=base)
+    assert any("no chat template" in r.getMessage() and "--pag-summarizer" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tapper"):
+        PagBaseline(tiny_backbone(), pag_module.PagConfig(task=TASK))
+    assert not caplog.records

@@ -248,3 +248,47 @@ def test_the_runner_keeps_in_memory_only_the_trained_models_a_later_step_reads(t
     for key in ("nonpersonal", "tapper", "no-pu"):
         assert runner.get(key, lambda k=key: trained(k)).model is None  # the result itself never holds one
     assert list(runner.models) == ["tapper"]  # each kept model is a whole backbone copy: only what is read
+
+
+def test_pag_writes_its_summaries_with_the_summarizer_it_is_given(tmp_path: Path, monkeypatch):
+    import tapper.baselines.pag as pag_module
+    from tapper.backbone import tiny_backbone
+
+    summarizer = tmp_path / "summarizer"  # another model than the backbone, as a local HF directory
+    other = tiny_backbone(seed=1)
+    other.model.save_pretrained(summarizer)
+    other.tokenizer.save_pretrained(summarizer)
+    writers: list[str] = []
+
+    def summaries(model, tokenizer, prompts, *a, **k):
+        writers.append(model.config._name_or_path)
+        return ["likes tests"] * len(prompts)
+
+    monkeypatch.setattr(pag_module, "generate_batch", summaries)
+
+    def run(*extra: str):
+        res = CliRunner().invoke(app, [
+            "compare", "--sample", "--model", "tiny", "--methods", "nonpersonal,pag", "--max-users", "4",
+            "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), *FAST, *extra])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    run()
+    assert writers and str(summarizer) not in writers  # by default the backbone writes them
+    writers.clear()
+    output = run("--pag-summarizer", str(summarizer))
+    assert "[nonpersonal] reusing" in output and "[pag] running" in output  # only PAG reads the summarizer
+    assert writers and set(writers) == {str(summarizer)}
+    read = json.loads((tmp_path / "runs" / "result_pag.json").read_text())["settings_read"]
+    assert read["pag_summarizer"] == str(summarizer)
+    assert json.loads((tmp_path / "out" / "quality_LaMP_3.json").read_text())["pag_summarizer"] == str(summarizer)
+    assert len(list((tmp_path / "runs").glob("stage1-pag-*"))) == 2  # its fine-tune read other summaries
+    kept = json.loads((tmp_path / "out" / "quality_LaMP_3.json").read_text())["results"]
+    pag_prompts = next(r for r in kept if r["method"].startswith("PAG"))["prompts"]
+    assert all("User profile: likes tests\n" in p for p in pag_prompts.values())
+
+
+def test_the_pag_summarizer_is_for_pag_only():
+    res = CliRunner().invoke(app, ["baseline", "rag", "--task", "LaMP_3", "--questions", str(SAMPLE / "x.json"),
+                                   "--out", "x", "--summarizer", "default"])
+    assert res.exit_code != 0 and "--summarizer is for pag only" in res.output

@@ -10,8 +10,11 @@ The summary reads the user's most recent records (rendered with the task's recor
 generated once per (user, history): the cache is a JSON file keyed by user id + a hash of the history
 and of the summarizer, so a user whose history grows gets a new summary and nothing stale is reused.
 
-Departs from the paper in: the summarizer is the untuned backbone (there: a much larger instruction-tuned
-LLM). Each training pair's summary reads that pair's own profile, as each LaMP sample's does in the paper:
+Departs from the paper in: the summarizer is the untuned backbone by default (there: a much larger
+instruction-tuned LLM). A base backbone (Gemma 3 270M) does not follow the instruction: it continues the list of
+records it is shown (all 135 of its LaMP-2N summaries did), so PAG takes another summarizer when given one
+(`bench/quality.py --pag-summarizer`, `tapper baseline pag --summarizer`), and warns when it has none with a
+chat template. Each training pair's summary reads that pair's own profile, as each LaMP sample's does in the paper:
 the records strictly before it (a stage-1 question: its whole profile; a replayed history pair: the records
 before that one), so no training answer is ever inside its own prompt's summary, and it is the history the
 pair's retrieved records come from. That is one generation per training pair (cached per user and history;
@@ -88,6 +91,10 @@ class PagBaseline(RagBaseline):
         super().__init__(backbone, config)
         self.config: PagConfig = config
         self.summarizer = summarizer or backbone
+        if not getattr(self.summarizer.tokenizer, "chat_template", None):
+            log.warning("PAG: the summarizer %s has no chat template (a base model): it may continue the list of "
+                        "records instead of describing the user; an instruction-tuned summarizer can be given "
+                        "(bench/quality.py --pag-summarizer, tapper baseline pag --summarizer)", self.summarizer.name)
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self.cache: dict[str, str] = {}
         self._read_cache()

@@ -65,6 +65,7 @@ def run_command(
     task_adapter: Path | None, stage1_questions: Path | None, stage1_outputs: Path | None,
     anchor_questions: Path | None, max_users: int | None, batch_size: int, set_: list[str] | None,
     nonpersonal_run: Path | None = None, from_task_model: bool = False, threads: int = 0, dtype: str = "auto",
+    summarizer: str | None = None,
 ) -> None:
     from tapper.backbone import load_backbone
     from tapper.baselines.common import nonpersonal_backbone, run_baseline, task_tuned_backbone
@@ -86,6 +87,8 @@ def run_command(
         _fail("--nonpersonal-run and --from-task-model are for oppu only")
     if nonpersonal_run is not None and from_task_model:
         _fail("--nonpersonal-run and --from-task-model exclude each other")
+    if summarizer is not None and method != "pag":
+        _fail("--summarizer is for pag only")
     device = _torchrun_device(method, device, stage1_questions, nonpersonal_run, from_task_model)
     target = _read(questions, outputs, task)
     if max_users:
@@ -137,7 +140,7 @@ def run_command(
             _fail(str(e))
     try:
         method_obj = make_baseline(method, copy_backbone_if(fine_tuned, tuned), task, out, overrides,
-                                   summarizer=backbone if method == "pag" else None)
+                                   summarizer=_summarizer(method, summarizer, backbone, device))
     except (KeyError, ValueError) as e:
         _fail(str(e.args[0]) if e.args else str(e))
     if fine_tuned:
@@ -228,6 +231,15 @@ def _nonpersonal(backbone, task: str, target, out: Path, stage1, task_adapter: P
     return run_variant("non-personalized, same budget", tuned, target, nonpersonal_config(tcfg), cfg, out)
 
 
+def _summarizer(method: str, spec: str | None, backbone, device: str):
+    """PAG's summarizer: the untuned backbone, or the model --summarizer names."""
+    from tapper.backbone import load_backbone
+
+    if method != "pag":
+        return None
+    return backbone if spec is None else load_backbone(spec, device=device)
+
+
 def _report(result, task: str, target, out: Path) -> None:
     from tapper.data.lamp_io import write_outputs
     from tapper.io_utils import atomic_write_text
@@ -266,10 +278,13 @@ def _make_command(method: str):
                                          "model under 10M parameters")] = 0,
         dtype: Annotated[str, Opt(help="auto | fp32 | bf16 for the peer's training loops (auto: bf16 on a CPU "
                                        "with AVX512-BF16/AMX or CUDA, for models of 10M+ parameters)")] = "auto",
+        summarizer: Annotated[str | None, Opt(help="pag only: the model that writes the profile summaries (default: "
+                                                   "the backbone itself; give an instruction-tuned one, e.g. "
+                                                   "default, when --model is a base model)")] = None,
     ) -> None:
         run_command(method, task, questions, out, outputs, model, device, task_adapter, stage1_questions,
                     stage1_outputs, anchor_questions, max_users, batch_size, set_, nonpersonal_run, from_task_model,
-                    threads, dtype)
+                    threads, dtype, summarizer)
 
     command.__doc__ = DESCRIPTIONS[method]
     return command

@@ -91,6 +91,9 @@ def compare_command(
     val_latest: Annotated[bool, Opt("--val-latest", help="score the targets on their latest history item, held "
                                                          "out of their history, instead of their query: choose "
                                                          "settings without the real queries")] = False,
+    pag_summarizer: Annotated[str | None, Opt(help="the model that writes PAG's profile summaries (default: the "
+                                                   "backbone itself); an instruction-tuned one, e.g. default, "
+                                                   "when --model is a base model")] = None,
     fresh: Annotated[bool, Opt("--fresh", help="ignore results kept from an earlier run")] = False,
     threads: Annotated[int | None, Opt(help="torch CPU threads (default: torch's choice)")] = None,
 ) -> None:
@@ -155,7 +158,8 @@ def compare_command(
     spec = CompareSpec(task=task, target=target, others=others, label=label, data_info=info,
                        data_settings={"data": data_digest(target, others)}, methods=wanted, backbone=model,
                        device=device, seed=seed, model_overrides=model_over, train_overrides=train_over,
-                       rewrite_history=rewrite_history, onboard_users=onboard_users, onboard_steps=steps,
+                       rewrite_history=rewrite_history, pag_summarizer=pag_summarizer, onboard_users=onboard_users,
+                       onboard_steps=steps,
                        onboard_lrs=lrs, val_latest=val_latest, fresh=fresh)
     try:
         report = run_comparison(spec, runs or Path("runs") / "compare" / label)

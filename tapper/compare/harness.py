@@ -109,6 +109,9 @@ class CompareSpec:
     model_overrides: dict = field(default_factory=dict)
     train_overrides: dict = field(default_factory=dict)
     rewrite_history: bool = False  # LaMP-7: replay history tweets from filtered backbone rewrites
+    # PAG's summarizer, a backbone spec (None: the backbone itself, untuned). The paper's is an instruction-tuned
+    # LLM; a base backbone (Gemma 3 270M) continues the record list instead of describing the user.
+    pag_summarizer: str | None = None
     onboard_users: int = 10
     onboard_steps: Sequence[int] | None = None  # P_u fit budgets (default: the config's onboard_steps)
     onboard_lrs: Sequence[float] | None = None  # a grid of fit learning rates (default: the config's onboard_lr)
@@ -182,7 +185,8 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
               "max_answer_tokens": tcfg.max_answer_tokens, "constrain_answers": tcfg.constrain_answers,
               **{k: getattr(cfg, k) for k in RECIPE_KEYS}}
     all_settings = {**asdict(tcfg), **asdict(cfg), "rewrite_history": spec.rewrite_history,
-                    "user_rows_optimizer": ROW_SPARSE_OPTIMIZER, **spec.data_settings}
+                    "user_rows_optimizer": ROW_SPARSE_OPTIMIZER, "pag_summarizer": spec.pag_summarizer,
+                    **spec.data_settings}
     all_settings.pop("show_progress")
     stage1_keys = (*STAGE1_KEYS, *spec.data_settings)
     stage1_tag = fingerprint({k: all_settings[k] for k in stage1_keys})
@@ -273,6 +277,11 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
             nonpersonal()
         return nonpersonal_backbone(get_tuned(), runs / "nonpersonal")
 
+    def pag_summarizer() -> Backbone:
+        if spec.pag_summarizer is None:
+            return backbone
+        return load_backbone(spec.pag_summarizer, device=spec.device)
+
     def baseline(method: str, own_copy: bool) -> Callable[[], VariantResult]:
         def run() -> VariantResult:
             if method in ("rag", "pag"):  # LaMP's fine-tuned setting: its own task LoRA, trained from zero-shot
@@ -282,10 +291,14 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
             else:
                 base = copy_backbone(get_tuned()) if own_copy else get_tuned()
             obj = make_baseline(method, base, task, runs / method, shared,
-                                summarizer=backbone if method == "pag" else None, history_inputs=history_inputs)
+                                summarizer=pag_summarizer() if method == "pag" else None,
+                                history_inputs=history_inputs)
             with TrainingClock() as clock:
                 if method in ("rag", "pag"):  # stage 1's pairs and recipe, each prompt with its records (resumable)
-                    tag = fingerprint({**{k: all_settings[k] for k in stage1_keys}, "peer": asdict(obj.config)})
+                    peer = {"peer": asdict(obj.config)}
+                    if method == "pag" and spec.pag_summarizer is not None:  # other summaries, other prompts
+                        peer["summarizer"] = spec.pag_summarizer
+                    tag = fingerprint({**{k: all_settings[k] for k in stage1_keys}, **peer})
                     obj.fine_tune(others, runs / f"stage1-{method}-{tag}", tcfg, cfg)
                 if method == "perpcs":  # sharers: the non-target users with the longest histories
                     sharers = obj.choose_anchors(pool)
@@ -346,6 +359,7 @@ def build_report(report: Report, results: list[VariantResult], task: str, label:
         "task": task, "seed": spec.seed, "backbone": backbone_name, "target_users": len(target.questions),
         "stage1_users": len(others.questions), "data": data_info, "model_config": asdict(tcfg),
         "train_config": asdict(cfg), "results": data_rows, "runs": str(runs),
+        "pag_summarizer": spec.pag_summarizer or backbone_name,
     })
     report.notes += compare_notes(results, task, primary, higher_better, golds, spec.seed)
     onboarded = [r for r in results if is_new_user_result(r.name)]

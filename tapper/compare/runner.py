@@ -27,11 +27,12 @@ ONBOARD_KEYS = ("onboard_steps", "onboard_lr")  # read by the onboarding rows al
 PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens",
                "max_query_tokens")
 WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
+PAG_KEYS = ("pag_summarizer",)  # read by PAG alone
 
 # Options added after results were kept: at these values they change nothing, so they are left out of the
 # settings a fingerprint hashes. (The fingerprint also hashes the package source, so results kept before any
 # code change are run again all the same.)
-NEUTRAL_DEFAULTS = {"anchor_text": None, "constrain_answers": False}
+NEUTRAL_DEFAULTS = {"anchor_text": None, "constrain_answers": False, "pag_summarizer": None}
 
 
 def fingerprint(settings: dict) -> str:
@@ -45,6 +46,8 @@ def fingerprint(settings: dict) -> str:
 def method_settings(key: str, settings: dict) -> dict:
     """The settings that method `key` reads: what its kept result is tagged with, and records."""
     ignored = set() if key.startswith("onboard") else set(ONBOARD_KEYS)
+    if key != "pag":
+        ignored |= set(PAG_KEYS)
     if key in WITHOUT_PREFIX:
         ignored |= {*USER_STATE_KEYS, *PREFIX_KEYS}
     elif key == "no-pu":
