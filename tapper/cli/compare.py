@@ -159,8 +159,7 @@ def compare_command(
                        data_settings={"data": data_digest(target, others)}, methods=wanted, backbone=model,
                        device=device, seed=seed, model_overrides=model_over, train_overrides=train_over,
                        rewrite_history=rewrite_history, pag_summarizer=pag_summarizer, onboard_users=onboard_users,
-                       onboard_steps=steps,
-                       onboard_lrs=lrs, val_latest=val_latest, fresh=fresh)
+                       onboard_steps=steps, onboard_lrs=lrs, val_latest=val_latest, fresh=fresh)
     try:
         report = run_comparison(spec, runs or Path("runs") / "compare" / label)
     except NothingToTrain as e:
