@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 from rouge_score import rouge_scorer
@@ -30,7 +29,7 @@ from tapper.backbone import Backbone
 from tapper.data.records import LampSplit, ProfileItem
 from tapper.data.tasks import Task
 from tapper.generate import generate_batch
-from tapper.io_utils import atomic_write_text, one_writer
+from tapper.io_utils import atomic_write_text, one_cache_writer
 from tapper.log_lines import log_written
 
 log = logging.getLogger(__name__)
@@ -86,9 +85,7 @@ def _rewrite_missing(backbone: Backbone, texts: dict[str, str], cache_file: Path
                      max_new_tokens: int) -> dict[str, str]:
     """The cache (key -> rewrite) holding a rewrite of every text in `texts`. One process at a time fills a
     cache file: a second one asking for the same rewrites waits, then reads them instead of writing them too."""
-    held = nullcontext() if cache_file is None else one_writer(cache_file.with_name(f"{cache_file.name}.lock"),
-                                                                "history rewrites")
-    with held:
+    with one_cache_writer(cache_file, "history rewrites"):
         cache: dict[str, str] = {}
         if cache_file and cache_file.exists():
             cache = json.loads(cache_file.read_text(encoding="utf-8"))

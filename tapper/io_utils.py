@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -94,3 +94,8 @@ def one_writer(lock_path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def one_cache_writer(cache: Path | None, what: str) -> AbstractContextManager[None]:
+    """one_writer for a cache file, its lock beside it (`<cache>.lock`); no lock for an in-memory cache (None)."""
+    return nullcontext() if cache is None else one_writer(cache.with_name(f"{cache.name}.lock"), what)

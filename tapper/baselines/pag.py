@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from tapper.baselines.rag import RagBaseline, RagConfig
 from tapper.data.records import LampSplit, ProfileItem, Question
 from tapper.examples import Example
 from tapper.generate import generate_batch
-from tapper.io_utils import atomic_write_text, one_writer
+from tapper.io_utils import atomic_write_text, one_cache_writer
 from tapper.log_lines import log_written
 
 log = logging.getLogger(__name__)
@@ -119,9 +118,7 @@ class PagBaseline(RagBaseline):
         """One summary per (user id, history), generated where the cache has none, in batches; "" (no summary,
         nothing generated) for an empty history."""
         keys = [self.cache_key(user_id, history) for user_id, history in histories]
-        held = nullcontext() if self.cache_path is None else one_writer(
-            self.cache_path.with_name(f"{self.cache_path.name}.lock"), "PAG summaries")
-        with held:
+        with one_cache_writer(self.cache_path, "PAG summaries"):
             self._read_cache()  # another process may have written summaries since this one started
             todo: dict[str, list[ProfileItem]] = {}
             for key, (_, history) in zip(keys, histories, strict=True):
