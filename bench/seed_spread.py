@@ -15,6 +15,10 @@ changed); and, over the seeds with answers, a minus each b averaged per question
 bootstrap interval that resamples users and one that resamples users and seeds (tapper.compare.report.
 mean_difference_ci). Writes results/seed_spread_<label>.{json,md,png}.
 
+A seed whose runs dir is gone but whose answers files were kept (results/answers/<table>.json, written beside
+every table) is given by them: `--answers 1=results/answers/quality_LaMP_2_s2ep4-s1-tapper.json --answers
+1=results/answers/quality_LaMP_2_s2ep4-s1-peers.json`, so a pooled interval can be rebuilt from a clean checkout.
+
 The seeds must differ in nothing else. Kept results record the settings they read (since 8d6835c), and a seed's
 own table (`--table` beside its `--runs`: the table that run wrote to its --out) records its configs; a
 difference apart from the seed stops the report, naming the setting. What neither records is listed as not
@@ -31,11 +35,20 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, Result, Table
-from pair_results import load_answers, pair, read_kept, users
+from pair_results import load_answers, pair, read_answers, read_kept, users
 from quality import OTHER_SOURCES, SOURCES
-from quality_summary import TAPPER, SummaryError, load_task, paired_from_notes, verdict
+from quality_summary import (
+    OPPONENTS,
+    SPREAD_NAMES,
+    TAPPER,
+    SummaryError,
+    is_method,
+    load_task,
+    paired_from_notes,
+    verdict,
+)
 
-from tapper.compare.report import mean_difference_ci, run_differences
+from tapper.compare.report import ANSWERS_DIR, mean_difference_ci, run_differences
 from tapper.data.records import LampSplit
 from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
@@ -52,16 +65,54 @@ def result_file(runs: Path, method: str) -> Path:
     return path
 
 
-def read_methods(seeds: dict[str, Path], methods: list[str], target: LampSplit,
-                 others: LampSplit) -> dict[str, dict[str, dict[str, Any]]]:
-    """kept[seed][method]: each seed's kept result of each method, read once. A floor ("floor:<words>") trains
-    nothing: it is made once on these users and stands in every seed with the same answers."""
+# How a method's rows are named in an answers file, by its --methods key: TAP-PER's own name exactly (its int8
+# row is "TAP-PER (int8 user table)"), every other method its name or that with a parenthesized detail
+EXACT_NAMES = {"tapper": TAPPER, "tapper-int8": f"{TAPPER} (int8 user table)"}
+NAME_PREFIXES = {key: dict(OPPONENTS)[column] for key, column in SPREAD_NAMES.items()}
+
+
+def answers_of(files: list[Path], method: str) -> dict[str, Any]:
+    """{"name", "predictions"} of one method (a --methods key) in one seed's answers files (results/answers/
+    <table>.json, which bench/quality.py writes beside each table): exactly one row of all those files."""
+    if method not in EXACT_NAMES and method not in NAME_PREFIXES:
+        raise SystemExit(f"--answers: method {method!r} has no known row name; known: "
+                         f"{sorted([*EXACT_NAMES, *NAME_PREFIXES])}")
+    found = []
+    for f in files:
+        try:
+            rows = json.loads(f.read_text(encoding="utf-8"))["methods"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"{f}: not an answers file of bench/quality.py ({err})") from None
+        found += [(f, name) for name in rows if (name == EXACT_NAMES[method] if method in EXACT_NAMES
+                                                  else is_method(name, NAME_PREFIXES[method]))]
+    if len(found) != 1:
+        where = ", ".join(f"{name!r} in {f}" for f, name in found) or "none"
+        raise SystemExit(f"--answers: method {method!r} needs exactly one row among {', '.join(map(str, files))}; "
+                         f"found {where}")
+    f, name = found[0]
+    return {"name": name, "predictions": read_answers(f, name)}
+
+
+def answers_table(path: Path) -> Path | None:
+    """The table an answers file was written beside (results/answers/X.json -> results/X.json), if it is there."""
+    table = path.parent.parent / path.name
+    return table if path.parent.name == ANSWERS_DIR and table.exists() else None
+
+
+def read_methods(seeds: dict[str, Path], methods: list[str], target: LampSplit, others: LampSplit,
+                 answer_files: dict[str, list[Path]] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """kept[seed][method]: each seed's kept result of each method, read once, from its runs dir (`seeds`) or from
+    its answers files (`answer_files`). A floor ("floor:<words>") trains nothing: it is made once on these users
+    and stands in every seed with the same answers."""
     floors = {}
     for m in filter(is_floor, methods):
         name, answers = load_answers(m, target, others)
         floors[m] = {"name": name, "predictions": answers}
-    return {s: {m: floors[m] if is_floor(m) else read_kept(result_file(d, m)) for m in methods}
+    kept = {s: {m: floors[m] if is_floor(m) else read_kept(result_file(d, m)) for m in methods}
             for s, d in seeds.items()}
+    for s, files in (answer_files or {}).items():
+        kept[s] = {m: floors[m] if is_floor(m) else answers_of(files, m) for m in methods}
+    return kept
 
 
 def table_settings(path: Path, runs: Path | None = None) -> dict[str, Any]:
@@ -254,6 +305,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", action="append", default=[], metavar="SEED=DIR",
                     help="one seed's bench/quality.py work dir (--runs); repeatable")
+    ap.add_argument("--answers", action="append", default=[], metavar="SEED=FILE",
+                    help="one seed's answers, from the answers file bench/quality.py wrote beside its table "
+                         "(results/answers/<table>.json), for a seed whose runs dir is gone; repeat the seed for "
+                         "each of its runs' files (each method in exactly one); the table beside it, where "
+                         "there, has its settings checked")
     ap.add_argument("--table", action="append", default=[], metavar="SEED=FILE",
                     help="a seed known only by its kept table (results/quality_<label>.json); with --runs for the "
                          "same seed, that run's own table (its --out, one per --out it wrote): its settings are "
@@ -274,8 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.val_users, args.val_latest = 0, False
     seeds: dict[str, Path] = {}
+    answer_files: dict[str, list[Path]] = {}  # a seed given by answers files may bring several (one per run)
     tables_of: dict[str, list[Path]] = {}  # a seed with --runs may bring several (one per --out it wrote)
-    for flag, given in (("--runs", args.runs), ("--table", args.table)):
+    for flag, given in (("--runs", args.runs), ("--answers", args.answers), ("--table", args.table)):
         for item in given:
             seed, sep, where = item.partition("=")
             if not sep or not seed or not where:
@@ -284,14 +341,18 @@ def main(argv: list[str] | None = None) -> None:
                 if seed in seeds:
                     ap.error(f"--runs: seed {seed!r} given twice")
                 seeds[seed] = Path(where)
-            elif seed in tables_of and seed not in seeds:
+            elif flag == "--answers":
+                if seed in seeds:
+                    ap.error(f"--answers: seed {seed!r} has a runs dir already (--runs); give one or the other")
+                answer_files.setdefault(seed, []).append(Path(where))
+            elif seed in tables_of and seed not in seeds and seed not in answer_files:
                 ap.error(f"--table: seed {seed!r} given twice (without --runs, a seed is one table)")
             else:
                 tables_of.setdefault(seed, []).append(Path(where))
-    if not seeds:
-        ap.error("--runs: give at least one seed's runs dir (the answers)")
-    if len(seeds.keys() | tables_of.keys()) < 2:
-        ap.error("give at least two seeds (--runs, or --table for a seed whose answers are gone)")
+    if not seeds and not answer_files:
+        ap.error("--runs or --answers: give at least one seed's answers (its runs dir or its answers files)")
+    if len(seeds.keys() | answer_files.keys() | tables_of.keys()) < 2:
+        ap.error("give at least two seeds (--runs or --answers, or --table for a seed whose answers are gone)")
     bs = args.b or ["nonpersonal"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in (args.a, *bs):
@@ -299,16 +360,19 @@ def main(argv: list[str] | None = None) -> None:
             methods.append(m)
     target, others = users(args)
     golds = {q.id: target.gold(q.id) for q in target.questions}
-    kept = read_methods(seeds, methods, target, others)
-    answers = {s: {m: kept[s][m]["predictions"] for m in methods} for s in seeds}
+    kept = read_methods(seeds, methods, target, others, answer_files)
+    answers = {s: {m: kept[s][m]["predictions"] for m in methods} for s in kept}
     recorded = {f"{result_file(d, m)}": (s, kept[s][m].get("settings_read"))  # a floor trains nothing
                 for s, d in seeds.items() for m in methods if not is_floor(m)}
+    beside = {s: [t for t in map(answers_table, fs) if t is not None] for s, fs in answer_files.items()}
     # a result from before results recorded their settings is covered by its seed's own table, where given
     unchecked = check_same_settings({
         **{where: kept for where, (s, kept) in recorded.items() if kept is not None or s not in tables_of},
-        **{f"{f}": table_settings(f, seeds.get(s)) for s, fs in tables_of.items() for f in fs}})
-    only_tables = {s: fs[0] for s, fs in tables_of.items() if s not in seeds}
-    names = {m: kept[next(iter(seeds))][m]["name"] for m in methods}
+        **{f"{f}": table_settings(f, seeds.get(s)) for s, fs in tables_of.items() for f in fs},
+        **{f"{t}": table_settings(t) for ts in beside.values() for t in ts},
+        **{f"{f}": None for s, fs in answer_files.items() if not beside[s] and s not in tables_of for f in fs}})
+    only_tables = {s: fs[0] for s, fs in tables_of.items() if s not in seeds and s not in answer_files}
+    names = {m: next(iter(kept.values()))[m]["name"] for m in methods}
     metric = primary_metric(target.task)[0]
     tabled = {s: table_seed(f, names, args.a, bs, metric, golds) for s, f in only_tables.items()}
     out = spread(target.task, golds, answers, args.a, bs, args.seed, tabled)
@@ -325,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
               for b, g in out["gaps"].items() if g["pooled"]]
     notes += [f"{'Higher' if out['higher_is_better'] else 'Lower'} {out['metric']} is better. Runs: "
               + ", ".join([*(f"seed {s}: {d}" for s, d in seeds.items()),
+                           *(f"seed {s}: answers {', '.join(map(str, fs))}" for s, fs in answer_files.items()),
                            *(f"seed {s}: table {f} only (no between-seed pairs)" for s, f in only_tables.items())])
               + ".",
               "Settings, apart from the seed: the same in every seed where recorded"
@@ -332,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                  if unchecked else ".")]
     Result(f"seed_spread_{args.label}", f"Seed spread on {args.label}: {args.a} against {', '.join(bs)}",
            {"task": target.task, "users": len(golds), "runs": {s: str(d) for s, d in seeds.items()},
+            "answers": {s: [str(f) for f in fs] for s, fs in answer_files.items()},
             "tables": {s: [str(f) for f in fs] for s, fs in tables_of.items()}, **out},
            tables(out, methods), notes).write_and_print(args.out, plot=plot_seeds(out, args.label, methods))
 

@@ -86,7 +86,7 @@ def test_a_table_of_other_users_or_without_the_method_is_refused(tmp_path: Path)
 def test_tables_alone_are_refused(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         main(["--task", "LaMP_3", "--label", "x", "--table", f"0={tmp_path}/a.json", "--table", f"1={tmp_path}/b.json"])
-    assert "give at least one seed's runs dir" in capsys.readouterr().err
+    assert "give at least one seed's answers (its runs dir or its answers files)" in capsys.readouterr().err
 
 
 def test_a_table_from_before_rows_kept_pairs_takes_the_gap_from_its_report_notes(tmp_path: Path):
@@ -249,3 +249,74 @@ def test_a_table_pair_kept_on_the_opponent_row_is_flipped_to_a_minus_b(tmp_path:
                       ["floor:always 5"], "mae", GOLDS)
     assert seed["gaps"]["floor:always 5"]["difference"] == pytest.approx(-0.75)
     assert seed["gaps"]["floor:always 5"]["ci95"] == [-1.25, -0.25]
+
+
+def _answers_file(out: Path, name: str, rows: dict[str, dict[str, str]], settings: dict | None = None) -> Path:
+    """An answers file as bench/quality.py writes it (out/answers/<name>.json), and its table beside it."""
+    from tapper.compare.report import write_answers
+
+    if settings is not None:
+        (out / f"{name}.json").write_text(json.dumps({"model_config": {}, "train_config": settings}),
+                                          encoding="utf-8")
+    return write_answers(out, name, "LaMP_3", rows, {})
+
+
+def test_answers_files_give_each_method_its_one_row(tmp_path: Path):
+    from seed_spread import answers_of
+
+    tapper_run = _answers_file(tmp_path, "s1-tapper", {"TAP-PER": {"q1": "4"},
+                                                       "TAP-PER (int8 user table)": {"q1": "3"}})
+    peers_run = _answers_file(tmp_path, "s1-peers", {"RAG (k=4, bm25, fine-tuned with records)": {"q1": "5"},
+                                                     "TAP-PER without P_u": {"q1": "1"}})
+    files = [tapper_run, peers_run]
+    assert answers_of(files, "tapper") == {"name": "TAP-PER", "predictions": {"q1": "4"}}  # not its int8 row
+    assert answers_of(files, "tapper-int8")["predictions"] == {"q1": "3"}
+    assert answers_of(files, "rag") == {"name": "RAG (k=4, bm25, fine-tuned with records)",
+                                        "predictions": {"q1": "5"}}
+    assert answers_of(files, "no-pu")["predictions"] == {"q1": "1"}  # "TAP-PER without P_u" is not TAP-PER's
+    with pytest.raises(SystemExit, match=r"method 'pag' needs exactly one row among .*s1-tapper.json, "
+                                         r".*s1-peers.json; found none"):
+        answers_of(files, "pag")
+    with pytest.raises(SystemExit, match=r"method 'tapper' needs exactly one row .* found 'TAP-PER' in .*, "
+                                         r"'TAP-PER' in "):
+        answers_of([tapper_run, tapper_run], "tapper")
+    with pytest.raises(SystemExit, match="method 'bogus' has no known row name"):
+        answers_of(files, "bogus")
+
+
+def test_seeds_given_by_answers_files_pool_like_runs_dirs(tmp_path: Path, monkeypatch):
+    import seed_spread
+    from test_pair_results import _rating_split
+
+    golds = {f"q{i}": str(1 + i % 5) for i in range(20)}
+    target = _rating_split({q: [3] for q in golds}, golds)
+    monkeypatch.setattr(seed_spread, "users", lambda args: (target, _rating_split({}, {})))
+    off = {q: "3" for q in golds}
+    results = tmp_path / "results"
+    results.mkdir()
+    files = []
+    for s in ("1", "2"):  # TAP-PER exact, the control answers 3 everywhere; two runs' files per seed
+        files += ["--answers", f"{s}={_answers_file(results, f's{s}-tapper', {'TAP-PER': golds}, {'seed': int(s)})}",
+                  "--answers", f"{s}={_answers_file(results, f's{s}-control', {'non-personalized, same budget': off})}"]
+    main(["--task", "LaMP_3", "--label", "ans", "--out", str(tmp_path), *files])
+    out = json.loads((tmp_path / "seed_spread_ans.json").read_text(encoding="utf-8"))
+    assert list(out["per_seed"]) == ["1", "2"] and out["answers"]["1"][0].endswith("s1-tapper.json")
+    assert out["per_seed"]["1"]["scores"]["tapper"] == 0.0
+    pooled = out["gaps"]["nonpersonal"]["pooled"]
+    assert pooled["seeds"] == ["1", "2"] and pooled["users"]["verdict"] == "ahead"
+    # the tables beside the answers files are checked: another setting there stops the report
+    (results / "s2-tapper.json").write_text(json.dumps({"train_config": {"seed": 2, "stage2_epochs": 4}}),
+                                            encoding="utf-8")
+    (results / "s1-tapper.json").write_text(json.dumps({"train_config": {"seed": 1, "stage2_epochs": 2}}),
+                                            encoding="utf-8")
+    with pytest.raises(SystemExit, match="stage2_epochs=2 in .*s1-tapper.json, 4 in .*s2-tapper.json"):
+        main(["--task", "LaMP_3", "--label", "ans", "--out", str(tmp_path), *files])
+
+
+def test_a_seed_is_given_by_its_runs_dir_or_its_answers_not_both(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--task", "LaMP_3", "--label", "x", "--runs", f"1={tmp_path}", "--answers", f"1={tmp_path}/a.json"])
+    assert "seed '1' has a runs dir already (--runs)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--task", "LaMP_3", "--label", "x", "--answers", f"1={tmp_path}/a.json"])
+    assert "give at least two seeds" in capsys.readouterr().err
