@@ -87,8 +87,8 @@ def read_kept(path: Path) -> dict:
         raise SystemExit(f"{path}: not a kept result of bench/quality.py ({err})") from None
 
 
-def read_answers(path: Path, method: str) -> dict[str, str]:
-    """{question id: answer} of one method in an answers file of bench/quality.py (LaMP's output format per
+def read_answers_file(path: Path) -> dict[str, dict[str, str]]:
+    """{method name: {question id: answer}} of an answers file of bench/quality.py (LaMP's output format per
     method)."""
     try:
         methods = json.loads(path.read_text(encoding="utf-8"))["methods"]
@@ -96,12 +96,21 @@ def read_answers(path: Path, method: str) -> dict[str, str]:
             raise TypeError("'methods' is not an object")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"{path}: not an answers file of bench/quality.py ({err})") from None
+    answers = {}
+    for method, rows in methods.items():
+        try:
+            answers[method] = {g["id"]: g["output"] for g in rows["golds"]}
+        except (KeyError, TypeError) as err:
+            raise SystemExit(f"{path}: {method!r} is not in LaMP's output format ({err!r})") from None
+    return answers
+
+
+def read_answers(path: Path, method: str) -> dict[str, str]:
+    """{question id: answer} of one method in an answers file of bench/quality.py."""
+    methods = read_answers_file(path)
     if method not in methods:
         raise SystemExit(f"{path}: no method {method!r}; it has {sorted(methods)}")
-    try:
-        return {g["id"]: g["output"] for g in methods[method]["golds"]}
-    except (KeyError, TypeError) as err:
-        raise SystemExit(f"{path}: {method!r} is not in LaMP's output format ({err!r})") from None
+    return methods[method]
 
 
 def pair(task: str, golds: dict[str, str], a: dict[str, str], b: dict[str, str], seed: int) -> dict:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, Result, Table
-from pair_results import load_answers, pair, read_answers, read_kept, users
+from pair_results import load_answers, pair, read_answers_file, read_kept, users
 from quality import OTHER_SOURCES, SOURCES
 from quality_summary import (
     OPPONENTS,
@@ -71,26 +71,20 @@ EXACT_NAMES = {"tapper": TAPPER, "tapper-int8": f"{TAPPER} (int8 user table)"}
 NAME_PREFIXES = {key: dict(OPPONENTS)[column] for key, column in SPREAD_NAMES.items()}
 
 
-def answers_of(files: list[Path], method: str) -> dict[str, Any]:
-    """{"name", "predictions"} of one method (a --methods key) in one seed's answers files (results/answers/
-    <table>.json, which bench/quality.py writes beside each table): exactly one row of all those files."""
+def answers_of(files: list[tuple[Path, dict[str, dict[str, str]]]], method: str) -> dict[str, Any]:
+    """{"name", "predictions"} of one method (a --methods key) in one seed's answers files, each read once as
+    (path, read_answers_file(path)): exactly one row of all those files."""
     if method not in EXACT_NAMES and method not in NAME_PREFIXES:
         raise SystemExit(f"--answers: method {method!r} has no known row name; known: "
                          f"{sorted([*EXACT_NAMES, *NAME_PREFIXES])}")
-    found = []
-    for f in files:
-        try:
-            rows = json.loads(f.read_text(encoding="utf-8"))["methods"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise SystemExit(f"{f}: not an answers file of bench/quality.py ({err})") from None
-        found += [(f, name) for name in rows if (name == EXACT_NAMES[method] if method in EXACT_NAMES
-                                                  else is_method(name, NAME_PREFIXES[method]))]
+    found = [(f, name, answers) for f, rows in files for name, answers in rows.items()
+             if (name == EXACT_NAMES[method] if method in EXACT_NAMES else is_method(name, NAME_PREFIXES[method]))]
     if len(found) != 1:
-        where = ", ".join(f"{name!r} in {f}" for f, name in found) or "none"
-        raise SystemExit(f"--answers: method {method!r} needs exactly one row among {', '.join(map(str, files))}; "
-                         f"found {where}")
-    f, name = found[0]
-    return {"name": name, "predictions": read_answers(f, name)}
+        where = ", ".join(f"{name!r} in {f}" for f, name, _ in found) or "none"
+        raise SystemExit(f"--answers: method {method!r} needs exactly one row among "
+                         f"{', '.join(str(f) for f, _ in files)}; found {where}")
+    _, name, answers = found[0]
+    return {"name": name, "predictions": answers}
 
 
 def answers_table(path: Path) -> Path | None:
@@ -111,7 +105,8 @@ def read_methods(seeds: dict[str, Path], methods: list[str], target: LampSplit, 
     kept = {s: {m: floors[m] if is_floor(m) else read_kept(result_file(d, m)) for m in methods}
             for s, d in seeds.items()}
     for s, files in (answer_files or {}).items():
-        kept[s] = {m: floors[m] if is_floor(m) else answers_of(files, m) for m in methods}
+        rows = [(f, read_answers_file(f)) for f in files]  # (results/answers/<table>.json, written beside each table)
+        kept[s] = {m: floors[m] if is_floor(m) else answers_of(rows, m) for m in methods}
     return kept
 
 

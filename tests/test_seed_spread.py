@@ -262,13 +262,14 @@ def _answers_file(out: Path, name: str, rows: dict[str, dict[str, str]], setting
 
 
 def test_answers_files_give_each_method_its_one_row(tmp_path: Path):
+    from pair_results import read_answers_file
     from seed_spread import answers_of
 
     tapper_run = _answers_file(tmp_path, "s1-tapper", {"TAP-PER": {"q1": "4"},
                                                        "TAP-PER (int8 user table)": {"q1": "3"}})
     peers_run = _answers_file(tmp_path, "s1-peers", {"RAG (k=4, bm25, fine-tuned with records)": {"q1": "5"},
                                                      "TAP-PER without P_u": {"q1": "1"}})
-    files = [tapper_run, peers_run]
+    files = [(f, read_answers_file(f)) for f in (tapper_run, peers_run)]
     assert answers_of(files, "tapper") == {"name": "TAP-PER", "predictions": {"q1": "4"}}  # not its int8 row
     assert answers_of(files, "tapper-int8")["predictions"] == {"q1": "3"}
     assert answers_of(files, "rag") == {"name": "RAG (k=4, bm25, fine-tuned with records)",
@@ -279,7 +280,7 @@ def test_answers_files_give_each_method_its_one_row(tmp_path: Path):
         answers_of(files, "pag")
     with pytest.raises(SystemExit, match=r"method 'tapper' needs exactly one row .* found 'TAP-PER' in .*, "
                                          r"'TAP-PER' in "):
-        answers_of([tapper_run, tapper_run], "tapper")
+        answers_of([files[0], files[0]], "tapper")
     with pytest.raises(SystemExit, match="method 'bogus' has no known row name"):
         answers_of(files, "bogus")
 
