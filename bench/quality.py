@@ -52,7 +52,16 @@ from pathlib import Path
 from common import ROOT, SHARED_DATA, command_line, git_commit
 
 from tapper.backbone import DEFAULT_SPECS
-from tapper.compare import ABLATIONS, CORE, CompareSpec, HoldOutError, NothingToTrain, parse_methods, run_comparison
+from tapper.compare import (
+    ABLATIONS,
+    CORE,
+    PEER_VARIANTS,
+    CompareSpec,
+    HoldOutError,
+    NothingToTrain,
+    parse_methods,
+    run_comparison,
+)
 from tapper.compare.report import COLD, ONBOARDED, is_new_user_result, onboarded_name  # noqa: F401 (re-exported)
 from tapper.compare.runner import fingerprint, method_fingerprint  # noqa: F401 (re-exported)
 from tapper.data.builders import BUILDERS
@@ -182,7 +191,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backbone", default="default")
     ap.add_argument("--methods", default="all",
-                    help=f"comma-separated subset of {','.join(CORE)} (or single ablations: {','.join(ABLATIONS)})")
+                    help=f"comma-separated subset of {','.join(CORE)} (or single ablations: {','.join(ABLATIONS)}; "
+                         f"peer variants: {','.join(PEER_VARIANTS)})")
     ap.add_argument("--ablations", action="store_true", help="add TAP-PER's four ablations")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--runs", type=Path, default=None, help="work dir (default runs/quality/<task>-...)")

@@ -180,6 +180,46 @@ def test_pag_gives_a_pair_without_earlier_records_no_summary(sample, tmp_path, m
     assert len(asked) == 2
 
 
+def test_rag_fine_tuned_on_targets_adds_their_history_pairs_with_their_earlier_records(sample, tmp_path,
+                                                                                      monkeypatch):
+    # The stage-1 users of the built tasks have short histories (none of LaMP-2's has a record before its
+    # question): the targets' own history pairs are where RAG can learn to read records, as TAP-PER's stage 2
+    # and the control learn from them. Never the targets' questions: their answers are what is scored.
+    others, target = subset(sample["train"], 2), subset(sample["test"], 2)
+    _, cfg = stage1_configs(stage1_history_pairs=1)
+    plain = make_baseline("rag", tiny_backbone(), TASK, tmp_path, {**SMALL, "k": 2})
+    stage1_ids = [e.example_id for e in plain.training_examples(others, cfg, target)]  # the flag off: unread
+    rag = make_baseline("rag", tiny_backbone(), TASK, tmp_path, {**SMALL, "k": 2, "fine_tune_on_targets": True})
+    with pytest.raises(ValueError, match="fine_tune_on_targets needs the target users"):
+        rag.training_examples(others, cfg)
+    examples = rag.training_examples(others, cfg, target)
+    assert [e.example_id for e in examples[:len(stage1_ids)]] == stage1_ids
+    added = examples[len(stage1_ids):]
+    for q in target.questions:
+        n = len(q.profile)
+        assert n > 2
+        mine = {e.example_id: e for e in added if e.user_id == q.user_id}
+        assert set(mine) == {f"{q.user_id}/{item.id}" for item in q.profile[-2:]}  # max_history_pairs, latest
+        for i in (n - 2, n - 1):
+            e = mine[f"{q.user_id}/{q.profile[i].id}"]
+            assert e.answer == get_task(TASK).history_pair(q.profile[i])[1]
+            earlier = {item.id for item in q.profile[:i]}
+            assert e.records and {r.id for r in e.records} <= earlier  # never the pair's own record or later
+            for record in e.records:
+                assert get_task(TASK).record_prompt(truncate_record(record, rag.backbone.tokenizer, 48)) in e.prompt
+    assert not {q.id for q in target.questions} & {e.example_id for e in examples}
+    # PAG: each target pair's summary reads the records before it, as a stage-1 pair's does
+    asked = _counting_summarizer(monkeypatch)
+    pag = make_baseline("pag", tiny_backbone(), TASK, tmp_path / "pag",
+                        {**SMALL, "k": 1, "summary_records": 50, "fine_tune_on_targets": True})
+    prompts = {e.example_id: e.prompt for e in pag.training_examples(others, cfg, target)}
+    for q in target.questions:
+        n = len(q.profile)
+        assert f"User profile: reads {n - 1} records\n" in prompts[f"{q.user_id}/{q.profile[-1].id}"]
+        assert f"User profile: reads {n - 2} records\n" in prompts[f"{q.user_id}/{q.profile[-2].id}"]
+    assert len(asked) == len(prompts)
+
+
 def test_pag_keeps_the_summaries_written_before_a_crash(sample, tmp_path, monkeypatch, caplog):
     import json
 

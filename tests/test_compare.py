@@ -292,3 +292,20 @@ def test_the_pag_summarizer_is_for_pag_only():
     res = CliRunner().invoke(app, ["baseline", "rag", "--task", "LaMP_3", "--questions", str(SAMPLE / "x.json"),
                                    "--out", "x", "--summarizer", "default"])
     assert res.exit_code != 0 and "--summarizer is for pag only" in res.output
+
+
+def test_rag_fine_tuned_on_the_targets_too_is_a_row_of_its_own(tmp_path: Path):
+    res = CliRunner().invoke(app, [
+        "compare", "--sample", "--model", "tiny", "--methods", "rag,rag-targets", "--max-users", "4",
+        "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), *FAST])
+    assert res.exit_code == 0, res.output
+    names = [r["method"] for r in json.loads((tmp_path / "out" / "quality_LaMP_3.json").read_text())["results"]]
+    assert names == ["RAG (k=4, bm25, fine-tuned with records)",
+                     "RAG+targets (k=4, bm25, fine-tuned with records, and the targets' history pairs)"]
+    runs = tmp_path / "runs"
+    assert (runs / "result_rag.json").is_file() and (runs / "result_rag-targets.json").is_file()
+    stamps = {d.name.rsplit("-", 1)[0]: json.loads((d / "task_adapter" / "tapper_stage1.json").read_text())
+              for d in runs.glob("stage1-rag*")}
+    assert set(stamps) == {"stage1-rag", "stage1-rag-targets"}
+    # two history pairs (max_history_pairs) of each of the 4 targets join the other users' pairs
+    assert stamps["stage1-rag-targets"]["examples"] == stamps["stage1-rag"]["examples"] + 2 * 4

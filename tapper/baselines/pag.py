@@ -4,7 +4,8 @@ a backbone fine-tuned on prompts of that form.
 Follows Richardson et al. (2023), "Integrating summarization and retrieval for enhanced personalization"
 (PAG: an LLM writes a summary of the user's profile offline; the prompt carries it before the retrieved
 records), in the fine-tuned setting LaMP uses for RAG (see tapper.baselines.rag): the task LoRA is trained
-like stage 1 on the other users' pairs, each prompt carrying the summary of that pair's profile and the pair's records.
+like stage 1 on the other users' pairs (with `fine_tune_on_targets`, the target users' history pairs too), each
+prompt carrying the summary of that pair's profile and the pair's records.
 
 The summary reads the user's most recent records (rendered with the task's record template) and is
 generated once per (user, history): the cache is a JSON file keyed by user id + a hash of the history
@@ -31,6 +32,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,20 +141,22 @@ class PagBaseline(RagBaseline):
             log.info("PAG: wrote %d profile summaries (%d from the cache)", len(missing), len(keys) - len(missing))
         return [self.cache[k] if history else "" for k, (_, history) in zip(keys, histories, strict=True)]
 
-    def training_profiles(self, stage1_split: LampSplit, pairs: list[Example]) -> dict[str, str]:
-        """Stage-1 pair id -> the summary line of that pair's own profile: a question's whole profile, a
-        replayed history record's records before it (the ids ExampleBuilder gives them)."""
+    def training_profiles(self, splits: Sequence[LampSplit], pairs: list[Example]) -> dict[str, str]:
+        """Training pair id -> the summary line of that pair's own profile: a question's whole profile, a
+        replayed history record's records before it (the ids ExampleBuilder gives them). `splits` hold the
+        pairs' users (stage 1's, and the targets' when RAG is fine-tuned on their history pairs too)."""
         # pair id -> (user, profile, end): the pair's records are profile[:end], sliced for the pairs alone
         where: dict[str, tuple[str, list[ProfileItem], int]] = {}
-        for q in stage1_split.questions:
-            where[q.id] = (q.user_id, q.profile, len(q.profile))
-            for i, item in enumerate(q.profile):
-                where[f"{q.user_id}/{item.id}"] = (q.user_id, q.profile, i)
+        for split in splits:
+            for q in split.questions:
+                where[q.id] = (q.user_id, q.profile, len(q.profile))
+                for i, item in enumerate(q.profile):
+                    where[f"{q.user_id}/{item.id}"] = (q.user_id, q.profile, i)
         ids = [e.example_id for e in pairs]
         unknown = [i for i in ids if i not in where]
         if unknown:
-            raise ValueError(f"PAG: {len(unknown)} training pairs match no stage-1 question or history record "
-                             f"(e.g. {unknown[0]!r})")
+            raise ValueError(f"PAG: {len(unknown)} training pairs match no question or history record of their "
+                             f"users (e.g. {unknown[0]!r})")
         texts = self.summaries([(user_id, profile[:end]) for user_id, profile, end in (where[i] for i in ids)])
         return {i: self.profile_line(text) for i, text in zip(ids, texts, strict=True)}
 
@@ -183,14 +187,15 @@ class PagBaseline(RagBaseline):
         if self.cache_path is not None:
             atomic_write_text(self.cache_path, json.dumps(self.cache, ensure_ascii=False, indent=1) + "\n")
 
-    def fine_tune(self, stage1_split: LampSplit, run_dir: str | Path, tcfg=None, cfg=None) -> Backbone:
+    def fine_tune(self, stage1_split: LampSplit, run_dir: str | Path, tcfg=None, cfg=None,
+                  target: LampSplit | None = None) -> Backbone:
         """As RAG's; a summarizer that is the backbone itself is copied first, so that the summaries go on
         being written by the untuned model after the backbone is tuned in place."""
         if self.summarizer is self.backbone:
             from tapper.experiment import copy_backbone
 
             self.summarizer = copy_backbone(self.backbone)
-        return super().fine_tune(stage1_split, run_dir, tcfg, cfg)
+        return super().fine_tune(stage1_split, run_dir, tcfg, cfg, target)
 
     @staticmethod
     def profile_line(summary: str) -> str:

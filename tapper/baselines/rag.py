@@ -14,10 +14,19 @@ Departs from LaMP in: the backbone (a causal LM with a LoRA, where LaMP fine-tun
 records each cut to `max_record_tokens` (LaMP varies k; a small model's context is short), and the number
 of training passes, which is stage 1's so that the budget is the same. Without `fine_tune` the prompt goes
 to whatever backbone the method was given (e.g. the stage-1 model: RAG without training on its format).
+
+`fine_tune_on_targets` adds the target users' own latest history pairs (`max_history_pairs` each: the pairs
+TAP-PER's stage 2 and the same-budget control learn from), each prompt with the records before it, to the
+fine-tuning pairs. LaMP trains on thousands of other users who all have profiles; the stage-1 users of the
+built tasks are the ones with short histories (none of LaMP-2's 223 has a record before its question), so
+without the targets' pairs RAG hardly ever sees a record while it learns, and the in-domain pairs that lift
+the control above stage 1 are TAP-PER's alone. No target answer is seen: a history pair's answer is an
+earlier record, and a question's own record is never in its user's history.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +48,7 @@ class RagConfig(BaselineConfig):
     k: int = 4
     retriever: str = "bm25"
     max_record_tokens: int = 48  # each text field of a record is cut to this in the prompt
+    fine_tune_on_targets: bool = False  # fine_tune also on the target users' latest history pairs (see above)
 
 
 class RagBaseline:
@@ -61,32 +71,45 @@ class RagBaseline:
 
     # -- fine-tuning with the records in the prompt (LaMP's fine-tuned setting) ---------------------------
 
-    def training_examples(self, stage1_split: LampSplit, cfg: TrainConfig) -> list[Example]:
+    def training_examples(self, stage1_split: LampSplit, cfg: TrainConfig,
+                          target: LampSplit | None = None) -> list[Example]:
         """Stage 1's pairs (other users' questions with their golds, plus their latest history pairs as
-        `cfg` says), each prompt carrying the records the shared rule selects for it. The builder is a fresh
-        one, as stage 1's: `history_inputs` name the target users' records only, and would drop these."""
-        from tapper.train import question_pairs
+        `cfg` says), each prompt carrying the records the shared rule selects for it; with
+        `fine_tune_on_targets`, then each target user's latest history pairs (`target`'s profiles). Stage 1's
+        builder is a fresh one, as stage 1's: `history_inputs` name the target users' records only, and would
+        drop these; the targets' pairs come from this method's own builder, which replays what TAP-PER's
+        stage 2 replays (LaMP-7: the rewritten inputs)."""
+        from tapper.train import history_examples, question_pairs
 
         builder = ExampleBuilder(self.task, self.backbone, self.config.k, self.config.retriever,
                                  self.config.max_input_tokens)
         pairs = question_pairs(builder, stage1_split, cfg.stage1_max_examples, cfg.stage1_history_pairs)
-        profiles = self.training_profiles(stage1_split, pairs)
+        splits = [stage1_split]
+        if self.config.fine_tune_on_targets:
+            if target is None:
+                raise ValueError(f"{self.name}: fine_tune_on_targets needs the target users (fine_tune(..., "
+                                 "target=...))")
+            pairs += history_examples(self.builder, target, self.config.max_history_pairs)
+            splits.append(target)
+        profiles = self.training_profiles(splits, pairs)
         return [self.render(e, profiles.get(e.example_id, "")) for e in pairs]
 
-    def training_profiles(self, stage1_split: LampSplit, pairs: list[Example]) -> dict[str, str]:
-        """example id -> text put before the records of that training pair (PAG's summary); none for RAG."""
+    def training_profiles(self, splits: Sequence[LampSplit], pairs: list[Example]) -> dict[str, str]:
+        """example id -> text put before the records of that training pair (PAG's summary); none for RAG.
+        `splits` hold the pairs' users: stage 1's, then the targets' when they are fine-tuned on too."""
         return {}
 
     def fine_tune(self, stage1_split: LampSplit, run_dir: str | Path, tcfg: TapperConfig | None = None,
-                  cfg: TrainConfig | None = None) -> Backbone:
+                  cfg: TrainConfig | None = None, target: LampSplit | None = None) -> Backbone:
         """Train a task LoRA like stage 1 but on prompts with their records, from this method's backbone
         (give it the zero-shot one), merge it, and answer with it from now on. Kept in run_dir/task_adapter
-        with stage 1's stamp: a rerun with the same pairs and settings reuses it, a killed one resumes."""
+        with stage 1's stamp: a rerun with the same pairs and settings reuses it, a killed one resumes.
+        `target`: the users to be answered, read only with `fine_tune_on_targets` (their history pairs)."""
         from tapper.train import resolve_configs, train_task_lora
 
         if tcfg is None or cfg is None:
             tcfg, cfg = resolve_configs(self.config.task, {"backbone": self.backbone.name})
-        examples = self.training_examples(stage1_split, cfg)
+        examples = self.training_examples(stage1_split, cfg, target)
         self.backbone = train_task_lora(self.backbone, examples, tcfg, cfg, Path(run_dir))
         self.builder.backbone = self.backbone
         self.fine_tuned = True

@@ -150,7 +150,7 @@ def run_command(
                                            "max_input_tokens": method_obj.config.max_input_tokens,
                                            "max_answer_tokens": method_obj.config.max_answer_tokens},
                                     {"seed": method_obj.config.seed, "batch_size": method_obj.config.batch_size})
-        method_obj.fine_tune(stage1, out / f"stage1-{method}", tcfg, cfg)
+        method_obj.fine_tune(stage1, out / f"stage1-{method}", tcfg, cfg, target)  # target: fine_tune_on_targets
     if anchors is not None:
         method_obj.build_anchors(anchors)
     sharded = _sharded()

@@ -70,7 +70,8 @@ def compare_command(
                                                  "train users as the others)")] = False,
     methods: Annotated[str, Opt(help="'all' or a comma-separated subset of floors, zero-shot, task-lora, "
                                      "nonpersonal, tapper, rag, pag, oppu, perpcs, pplug, onboard, no-pu, no-pq, "
-                                     "no-time, no-bridge")] = "all",
+                                     "no-time, no-bridge, rag-targets, pag-targets ('all': the first eleven)")]
+    = "all",
     ablations: Annotated[bool, Opt("--ablations", help="add TAP-PER's four ablations")] = False,
     set_: Annotated[list[str] | None, Opt("--set", help="model or train config override key=value for every "
                                                         "method (repeatable)")] = None,

@@ -1,6 +1,7 @@
 """`tapper compare`: every method (floors, zero-shot, task LoRA, the same-budget non-personalized LoRA,
-TAP-PER and its ablations, RAG, PAG, OPPU, PER-PCS, PPlug, onboarding) on one task, same users, backbone,
-settings and metric, with 95% bootstrap intervals and paired differences; resumable (kept results).
+TAP-PER and its ablations, RAG, PAG (each also fine-tuned on the targets' history pairs), OPPU, PER-PCS, PPlug,
+onboarding) on one task, same users, backbone, settings and metric, with 95% bootstrap intervals and paired
+differences; resumable (kept results).
 
     spec = CompareSpec("LaMP_3", target=..., others=..., methods=parse_methods("floors,tapper"))
     report = run_comparison(spec, Path("runs/compare"))
@@ -11,6 +12,7 @@ from tapper.compare.harness import (
     ABLATIONS,
     CORE,
     METHOD_HELP,
+    PEER_VARIANTS,
     CompareSpec,
     HoldOutError,
     NothingToTrain,
@@ -24,7 +26,7 @@ from tapper.compare.report import COLD, ONBOARDED, Report, Table, is_new_user_re
 from tapper.compare.runner import Runner, fingerprint, method_fingerprint
 
 __all__ = [
-    "ABLATIONS", "COLD", "CORE", "METHOD_HELP", "ONBOARDED", "CompareSpec", "HoldOutError", "NothingToTrain",
-    "Report", "Runner", "Table", "fingerprint", "hold_out_latest", "is_new_user_result", "method_fingerprint",
-    "onboard_held_out", "onboard_key", "onboarded_name", "parse_methods", "run_comparison",
+    "ABLATIONS", "COLD", "CORE", "METHOD_HELP", "ONBOARDED", "PEER_VARIANTS", "CompareSpec", "HoldOutError",
+    "NothingToTrain", "Report", "Runner", "Table", "fingerprint", "hold_out_latest", "is_new_user_result",
+    "method_fingerprint", "onboard_held_out", "onboard_key", "onboarded_name", "parse_methods", "run_comparison",
 ]

@@ -59,6 +59,11 @@ ABLATIONS = {
     "no-time": ("TAP-PER without time decay", {"use_time_decay": False}),
     "no-bridge": ("TAP-PER without the bridge", {"use_bridge": False}),
 }
+# Peers run with one of their options changed, each kept under its own key (and runs dir) beside the peer itself
+PEER_VARIANTS = {
+    "rag-targets": ("rag", {"fine_tune_on_targets": True}),
+    "pag-targets": ("pag", {"fine_tune_on_targets": True}),
+}
 METHOD_HELP = {
     "floors": "naive predictions that need no model (the task's standard floors)",
     "zero-shot": "the backbone as it is",
@@ -71,17 +76,20 @@ METHOD_HELP = {
     "perpcs": "per-user adapters assembled from sharers' LoRA pieces",
     "pplug": "one soft token from a MiniLM embedding of the history",
     "onboard": "held-out targets onboarded later: no fit, then one P_u fit per budget (and rate)",
+    "rag-targets": "RAG fine-tuned on the target users' history pairs too (each with its earlier records)",
+    "pag-targets": "PAG fine-tuned on the target users' history pairs too (each with its summary and records)",
 }
 
 
 def parse_methods(methods: str | Sequence[str], ablations: bool = False) -> list[str]:
-    """"all" or a comma-separated subset of CORE and ABLATIONS (ValueError naming the unknown ones);
-    `ablations` adds the four ablations."""
+    """"all" or a comma-separated subset of CORE, ABLATIONS and PEER_VARIANTS (ValueError naming the unknown
+    ones); `ablations` adds the four ablations. "all" is CORE: the ablations and variants are asked for."""
     wanted = list(CORE) if methods == "all" else (
         [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods))
-    unknown = sorted(set(wanted) - set(CORE) - set(ABLATIONS))
+    known = CORE + list(ABLATIONS) + list(PEER_VARIANTS)
+    unknown = sorted(set(wanted) - set(known))
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(CORE + list(ABLATIONS))}")
+        raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(known)}")
     if ablations:
         wanted += [a for a in ABLATIONS if a not in wanted]
     return wanted
@@ -282,7 +290,9 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
             return backbone
         return load_backbone(spec.pag_summarizer, device=spec.device)
 
-    def baseline(method: str, own_copy: bool) -> Callable[[], VariantResult]:
+    def baseline(key: str, own_copy: bool) -> Callable[[], VariantResult]:
+        method, options = PEER_VARIANTS.get(key, (key, {}))
+
         def run() -> VariantResult:
             if method in ("rag", "pag"):  # LaMP's fine-tuned setting: its own task LoRA, trained from zero-shot
                 base = copy_backbone(backbone)
@@ -290,7 +300,7 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
                 base = oppu_base()
             else:
                 base = copy_backbone(get_tuned()) if own_copy else get_tuned()
-            obj = make_baseline(method, base, task, runs / method, shared,
+            obj = make_baseline(method, base, task, runs / key, {**shared, **options},
                                 summarizer=pag_summarizer() if method == "pag" else None,
                                 history_inputs=history_inputs)
             with TrainingClock() as clock:
@@ -299,7 +309,8 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
                     if method == "pag" and spec.pag_summarizer is not None:  # other summaries, other prompts
                         peer["summarizer"] = spec.pag_summarizer
                     tag = fingerprint({**{k: all_settings[k] for k in stage1_keys}, **peer})
-                    obj.fine_tune(others, runs / f"stage1-{method}-{tag}", tcfg, cfg)
+                    # the targets' pairs, when read, are in the adapter's stamp (it hashes every training pair)
+                    obj.fine_tune(others, runs / f"stage1-{key}-{tag}", tcfg, cfg, target)
                 if method == "perpcs":  # sharers: the non-target users with the longest histories
                     sharers = obj.choose_anchors(pool)
                     sharer_inputs = (rewrite_history_inputs(backbone, get_task(task), sharers, cfg.max_history_pairs,
@@ -309,14 +320,17 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
             r = run_baseline(obj, target)
             r.train_seconds += prep_seconds
             if method in ("rag", "pag"):
-                r.name = f"{r.name} (k={obj.config.k}, {obj.config.retriever}, fine-tuned with records)"
-            obj.save(runs / method)
+                also = ("+targets", ", and the targets' history pairs") if options else ("", "")
+                r.name = (f"{r.name}{also[0]} (k={obj.config.k}, {obj.config.retriever}, fine-tuned with "
+                          f"records{also[1]})")
+            obj.save(runs / key)
             return r
         return run
 
-    for method, own_copy in (("rag", False), ("pag", False), ("oppu", True), ("perpcs", True), ("pplug", True)):
-        if method in wanted:
-            results.append(runner.get(method, baseline(method, own_copy)))
+    for key, own_copy in (("rag", False), ("pag", False), ("rag-targets", False), ("pag-targets", False),
+                          ("oppu", True), ("perpcs", True), ("pplug", True)):
+        if key in wanted:
+            results.append(runner.get(key, baseline(key, own_copy)))
     if "onboard" in wanted:
         budgets = [int(b) for b in spec.onboard_steps] if spec.onboard_steps else [cfg.onboard_steps]
         rates: list[float | None] = [float(lr) for lr in spec.onboard_lrs] if spec.onboard_lrs else [None]

@@ -26,8 +26,10 @@ USER_STATE_KEYS = ("user_lr", "onboard_steps", "onboard_lr", "init_std", "user_r
 ONBOARD_KEYS = ("onboard_steps", "onboard_lr")  # read by the onboarding rows alone
 PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens",
                "max_query_tokens")
-WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
+WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "rag-targets", "pag-targets", "oppu",
+                  "perpcs", "pplug"}
 PAG_KEYS = ("pag_summarizer",)  # read by PAG alone
+READ_BY_PAG = {"pag", "pag-targets"}
 
 # Options added after results were kept: at these values they change nothing, so they are left out of the
 # settings a fingerprint hashes. (The fingerprint also hashes the package source, so results kept before any
@@ -46,7 +48,7 @@ def fingerprint(settings: dict) -> str:
 def method_settings(key: str, settings: dict) -> dict:
     """The settings that method `key` reads: what its kept result is tagged with, and records."""
     ignored = set() if key.startswith("onboard") else set(ONBOARD_KEYS)
-    if key != "pag":
+    if key not in READ_BY_PAG:
         ignored |= set(PAG_KEYS)
     if key in WITHOUT_PREFIX:
         ignored |= {*USER_STATE_KEYS, *PREFIX_KEYS}
