@@ -715,6 +715,15 @@ def test_cli_nonpersonal_control_and_peers_set_up_as_the_comparison_does(sample,
     assert result.exit_code == 0, result.output
     assert "fine-tuned with records" in json.loads((rag / "scores.json").read_text())["method"]
     assert (rag / "stage1-rag" / "task_adapter").is_dir()
+    # the option that adds the targets' own history pairs (2 each) to the fine-tuning pairs reaches the CLI
+    both = tmp_path / "rag-targets"
+    result = runner.invoke(app, ["baseline", "rag", *common, "--out", str(both), "--stage1-questions", str(train_q),
+                                 "--stage1-outputs", str(train_o), *fast, "--set", "k=1",
+                                 "--set", "fine_tune_on_targets=true"])
+    assert result.exit_code == 0, result.output
+    pairs = [json.loads((d / "stage1-rag" / "task_adapter" / "tapper_stage1.json").read_text())["examples"]
+             for d in (rag, both)]
+    assert pairs[1] == pairs[0] + 2 * 2
 
 
 def test_a_resumed_oppu_fit_counts_the_training_time_of_the_users_it_keeps(sample, tmp_path):
