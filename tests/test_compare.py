@@ -301,7 +301,7 @@ def test_rag_fine_tuned_on_the_targets_too_is_a_row_of_its_own(tmp_path: Path):
     assert res.exit_code == 0, res.output
     names = [r["method"] for r in json.loads((tmp_path / "out" / "quality_LaMP_3.json").read_text())["results"]]
     assert names == ["RAG (k=4, bm25, fine-tuned with records)",
-                     "RAG+targets (k=4, bm25, fine-tuned with records, and the targets' history pairs)"]
+                     "RAG+targets (k=4, bm25, fine-tuned with records and the targets' history pairs)"]
     runs = tmp_path / "runs"
     assert (runs / "result_rag.json").is_file() and (runs / "result_rag-targets.json").is_file()
     stamps = {d.name.rsplit("-", 1)[0]: json.loads((d / "task_adapter" / "tapper_stage1.json").read_text())

@@ -320,9 +320,9 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
             r = run_baseline(obj, target)
             r.train_seconds += prep_seconds
             if method in ("rag", "pag"):
-                also = ("+targets", ", and the targets' history pairs") if options else ("", "")
-                r.name = (f"{r.name}{also[0]} (k={obj.config.k}, {obj.config.retriever}, fine-tuned with "
-                          f"records{also[1]})")
+                name, pairs = (f"{r.name}+targets", " and the targets' history pairs") \
+                    if obj.config.fine_tune_on_targets else (r.name, "")
+                r.name = f"{name} (k={obj.config.k}, {obj.config.retriever}, fine-tuned with records{pairs})"
             obj.save(runs / key)
             return r
         return run
