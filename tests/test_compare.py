@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 import tapper.data.sample as sample_module
 from tapper.baselines import registry
 from tapper.cli import app
-from tapper.compare import onboard_key, onboarded_name, parse_methods
+from tapper.compare import PEER_VARIANTS, onboard_key, onboarded_name, parse_methods
+from tapper.compare.runner import method_settings
 
 SAMPLE = Path(sample_module.__file__).parent / "sample"
 FAST = ["--set", "stage2_epochs=0.25", "--set", "stage1_epochs=0.25", "--set", "batch_size=4",
@@ -292,6 +293,14 @@ def test_the_pag_summarizer_is_for_pag_only():
     res = CliRunner().invoke(app, ["baseline", "rag", "--task", "LaMP_3", "--questions", str(SAMPLE / "x.json"),
                                    "--out", "x", "--summarizer", "default"])
     assert res.exit_code != 0 and "--summarizer is for pag only" in res.output
+
+
+def test_a_peer_variant_is_tagged_with_the_settings_its_peer_reads():
+    settings = {"seed": 0, "user_lr": 1e-3, "prefix_len": 4, "pag_summarizer": "default", "onboard_steps": 10}
+    for variant, (peer, _) in PEER_VARIANTS.items():
+        assert method_settings(variant, settings) == method_settings(peer, settings)
+    assert method_settings("pag-targets", settings) == {"seed": 0, "pag_summarizer": "default"}
+    assert method_settings("rag-targets", settings) == {"seed": 0}
 
 
 def test_rag_fine_tuned_on_the_targets_too_is_a_row_of_its_own(tmp_path: Path):

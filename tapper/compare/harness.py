@@ -31,7 +31,7 @@ from tapper.compare.report import (
     onboarded_name,
     onboarding_table,
 )
-from tapper.compare.runner import ONBOARD_KEYS, STAGE1_KEYS, Runner, fingerprint
+from tapper.compare.runner import ONBOARD_KEYS, PEER_VARIANTS, STAGE1_KEYS, Runner, fingerprint
 from tapper.data.records import LampSplit, Question
 from tapper.data.tasks import get_task
 from tapper.errors import TapperError
@@ -58,11 +58,6 @@ ABLATIONS = {
     "no-pq": ("TAP-PER without P_q", {"use_query_prefix": False}),
     "no-time": ("TAP-PER without time decay", {"use_time_decay": False}),
     "no-bridge": ("TAP-PER without the bridge", {"use_bridge": False}),
-}
-# Peers run with one of their options changed, each kept under its own key (and runs dir) beside the peer itself
-PEER_VARIANTS = {
-    "rag-targets": ("rag", {"fine_tune_on_targets": True}),
-    "pag-targets": ("pag", {"fine_tune_on_targets": True}),
 }
 METHOD_HELP = {
     "floors": "naive predictions that need no model (the task's standard floors)",
@@ -327,7 +322,7 @@ def run_comparison(spec: CompareSpec, runs: Path) -> Report:
             return r
         return run
 
-    for key, own_copy in (("rag", False), ("pag", False), ("rag-targets", False), ("pag-targets", False),
+    for key, own_copy in (("rag", False), ("pag", False), *((variant, False) for variant in PEER_VARIANTS),
                           ("oppu", True), ("perpcs", True), ("pplug", True)):
         if key in wanted:
             results.append(runner.get(key, baseline(key, own_copy)))

@@ -26,10 +26,20 @@ USER_STATE_KEYS = ("user_lr", "onboard_steps", "onboard_lr", "init_std", "user_r
 ONBOARD_KEYS = ("onboard_steps", "onboard_lr")  # read by the onboarding rows alone
 PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_order_decay", "max_record_tokens",
                "max_query_tokens")
-WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "rag-targets", "pag-targets", "oppu",
-                  "perpcs", "pplug"}
+WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
 PAG_KEYS = ("pag_summarizer",)  # read by PAG alone
-READ_BY_PAG = {"pag", "pag-targets"}
+
+# Peers run with one of their options changed, each kept under its own key (and runs dir) beside the peer
+# itself; a variant reads the settings its peer reads.
+PEER_VARIANTS = {
+    "rag-targets": ("rag", {"fine_tune_on_targets": True}),
+    "pag-targets": ("pag", {"fine_tune_on_targets": True}),
+}
+
+
+def base_method(key: str) -> str:
+    """The method a key runs: a peer variant's peer, else the key itself."""
+    return PEER_VARIANTS[key][0] if key in PEER_VARIANTS else key
 
 # Options added after results were kept: at these values they change nothing, so they are left out of the
 # settings a fingerprint hashes. (The fingerprint also hashes the package source, so results kept before any
@@ -48,9 +58,10 @@ def fingerprint(settings: dict) -> str:
 def method_settings(key: str, settings: dict) -> dict:
     """The settings that method `key` reads: what its kept result is tagged with, and records."""
     ignored = set() if key.startswith("onboard") else set(ONBOARD_KEYS)
-    if key not in READ_BY_PAG:
+    method = base_method(key)
+    if method != "pag":
         ignored |= set(PAG_KEYS)
-    if key in WITHOUT_PREFIX:
+    if method in WITHOUT_PREFIX:
         ignored |= {*USER_STATE_KEYS, *PREFIX_KEYS}
     elif key == "no-pu":
         ignored |= set(USER_STATE_KEYS)
