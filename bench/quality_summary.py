@@ -138,8 +138,11 @@ def task_table(label: str, data: dict[str, Any], rows: list[dict[str, Any]]) -> 
                  cells)
 
 
-# What TAP-PER is held against, in the scoreboard's column order: (column, how a method's name starts)
-OPPONENTS = [("control", CONTROL), ("RAG", "RAG"), ("PAG", "PAG"), ("OPPU", "OPPU"), ("PER-PCS", "PER-PCS"),
+# What TAP-PER is held against, in the scoreboard's column order: (column, how a method's name starts). RAG and
+# PAG fine-tuned on the targets' history pairs too (tapper.compare's peer variants) are columns of their own,
+# shown once some task has them (a rerun file fills the cell, as their runs are kept apart from the tables).
+OPPONENTS = [("control", CONTROL), ("RAG", "RAG"), ("RAG+targets", "RAG+targets"), ("PAG", "PAG"),
+             ("PAG+targets", "PAG+targets"), ("OPPU", "OPPU"), ("PER-PCS", "PER-PCS"),
              ("PPlug", "PPlug"), ("best floor", None), ("w/o P_u", "TAP-PER without P_u"),
              ("w/o P_q", "TAP-PER without P_q"), ("w/o time decay", "TAP-PER without time decay"),
              ("w/o bridge", "TAP-PER without the bridge")]
@@ -148,7 +151,8 @@ OPPONENTS = [("control", CONTROL), ("RAG", "RAG"), ("PAG", "PAG"), ("OPPU", "OPP
 VERDICTS = ("ahead", "ahead, at the edge", "tie", "behind, at the edge", "behind", "no paired CI")
 
 # bench/seed_spread.py names opponents by their --methods key; the seed table shows the scoreboard's column names
-SPREAD_NAMES = {"nonpersonal": "control", "rag": "RAG", "pag": "PAG", "oppu": "OPPU", "perpcs": "PER-PCS",
+SPREAD_NAMES = {"nonpersonal": "control", "rag": "RAG", "rag-targets": "RAG+targets", "pag": "PAG",
+                "pag-targets": "PAG+targets", "oppu": "OPPU", "perpcs": "PER-PCS",
                 "pplug": "PPlug", "no-pu": "w/o P_u", "no-pq": "w/o P_q", "no-time": "w/o time decay",
                 "no-bridge": "w/o bridge"}
 
@@ -280,11 +284,12 @@ def board_table(board: list[dict[str, Any]]) -> Table:
         ci = "" if c["ci95"] is None else f" [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
         return f"{c['verdict']}: {c['difference']:+.3f}{ci}" + (f" (rerun: {c['rerun']})" if "rerun" in c else "")
 
+    columns = [c for c, _ in OPPONENTS if any(c in b["cells"] for b in board)]  # none run anywhere: left out
     return Table("Scoreboard: TAP-PER minus each opponent (paired 95% CI) and the verdict, per task",
-                 ["task", "TAP-PER is", *[c for c, _ in OPPONENTS]],
+                 ["task", "TAP-PER is", *columns],
                  [[f"{b['label']} ({b['target_users']} users, {b['metric']})",
                    "; ".join(f"{n} {v}" for v, n in b["counts"].items() if n),
-                   *[cell(b["cells"].get(c)) for c, _ in OPPONENTS]] for b in board])
+                   *[cell(b["cells"].get(c)) for c in columns]] for b in board])
 
 
 def _verdict_order(v: str) -> int:

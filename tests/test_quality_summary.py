@@ -205,6 +205,25 @@ def test_a_rerun_replaces_one_scoreboard_cell_from_a_pairs_file_or_a_quality_tab
     assert data["tasks"][0]["rows"][3]["vs_tapper"]["difference"] == pytest.approx(-0.03)
 
 
+def test_rag_fine_tuned_on_the_targets_fills_a_column_of_its_own_and_unrun_columns_are_left_out(
+        results_dir: Path, tmp_path: Path):
+    pairs = [{"a": "TAP-PER", "b": "RAG+targets (k=4, bm25, ...)", "difference": 0.01, "ci95": [-0.05, 0.07]},
+             {"a": "TAP-PER", "b": "RAG (k=4, bm25, ...)", "difference": 0.1, "ci95": [0.05, 0.17]}]
+    (results_dir / "rag_targets_2n.json").write_text(json.dumps({"task": "LaMP_2N", "pairs": pairs}))
+    out = tmp_path / "out"
+    quality_summary.main(["--labels", "LaMP_2N,LaMP_3", "--results", str(results_dir), "--out", str(out),
+                          "--rerun", "LaMP_2N:RAG+targets=rag_targets_2n"])
+    cells = {b["label"]: b for b in json.loads((out / "quality_summary.json").read_text())["scoreboard"]}
+    cell = cells["LaMP_2N"]["cells"]["RAG+targets"]
+    assert cell["verdict"] == "tie" and cell["difference"] == 0.01 and "RAG" not in cells["LaMP_2N"]["cells"]
+    header = next(x for x in (out / "quality_summary.md").read_text().splitlines() if x.startswith("| task"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert "RAG+targets" in columns and "OPPU" in columns  # each run on some task
+    assert "RAG" not in columns and "PAG+targets" not in columns and "w/o P_u" not in columns  # run nowhere
+    line = next(x for x in (out / "quality_summary.md").read_text().splitlines() if x.startswith("| LaMP_3"))
+    assert len(line.strip("|").split("|")) == len(columns)
+
+
 @pytest.mark.parametrize("rerun, message", [
     ("LaMP_2N=x", "expected LABEL:COLUMN=NAME"), ("LaMP_2N:Oracle=x", "no scoreboard column 'Oracle'"),
     ("LaMP_9:PAG=pag_rerun", "LaMP_9 is not one of the summarized labels"),
