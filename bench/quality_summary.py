@@ -21,7 +21,7 @@ method (its paired entry); the cell says "rerun" and a note keeps the cell it re
 
     .venv/bin/python bench/quality_summary.py --rerun LaMP_2N_s2ep4:PAG=pag_whole_LaMP_2N_s2ep4
 
-Writes results/quality_summary.{json,md,png}.
+Writes results/quality_summary.{json,md,png} and the scoreboard as a figure, quality_summary_scoreboard.png.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from typing import Any
 
 from common import RESULTS, Result, Table
 
-from tapper.compare.report import CONTROL
+from tapper.compare.report import CONTROL, save_plot
 from tapper.experiment import primary_metric
 
 TAPPER = "TAP-PER"
 ZERO_SHOT = "zero-shot backbone"
 SKIPPED_SUFFIXES = ("_val", "_val_latest", "_compare_cli")
+BOARD_PNG = "quality_summary_scoreboard.png"
 
 
 class SummaryError(Exception):
@@ -213,8 +214,8 @@ def scoreboard(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             d = row["vs_tapper"]  # this method minus TAP-PER: flip it to TAP-PER minus this method
             cells[column] = cell_of(row["method"], 0.0 - d["difference"],
                                     None if d["ci95"] is None else flipped(d["ci95"]), t["higher_better"])
-        board.append({"label": t["label"], "metric": t["metric"], "target_users": t["target_users"],
-                      "cells": cells, "counts": verdict_counts(cells)})
+        board.append({"label": t["label"], "metric": t["metric"], "higher_better": t["higher_better"],
+                      "target_users": t["target_users"], "cells": cells, "counts": verdict_counts(cells)})
     return board
 
 
@@ -284,12 +285,61 @@ def board_table(board: list[dict[str, Any]]) -> Table:
         ci = "" if c["ci95"] is None else f" [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
         return f"{c['verdict']}: {c['difference']:+.3f}{ci}" + (f" (rerun: {c['rerun']})" if "rerun" in c else "")
 
-    columns = [c for c, _ in OPPONENTS if any(c in b["cells"] for b in board)]  # none run anywhere: left out
+    columns = board_columns(board)
     return Table("Scoreboard: TAP-PER minus each opponent (paired 95% CI) and the verdict, per task",
                  ["task", "TAP-PER is", *columns],
                  [[f"{b['label']} ({b['target_users']} users, {b['metric']})",
                    "; ".join(f"{n} {v}" for v, n in b["counts"].items() if n),
                    *[cell(b["cells"].get(c)) for c in columns]] for b in board])
+
+
+def board_columns(board: list[dict[str, Any]]) -> list[str]:
+    """The opponents some task has, in OPPONENTS' order (a column run nowhere is left out)."""
+    return [c for c, _ in OPPONENTS if any(c in b["cells"] for b in board)]
+
+
+def advantage(cell: dict[str, Any], higher: bool) -> tuple[float, list[float] | None]:
+    """TAP-PER's advantage over a cell's method and its paired CI, oriented so that above zero is TAP-PER
+    better whatever the metric's direction (on MAE, the method minus TAP-PER)."""
+    if higher:
+        return cell["difference"], cell["ci95"]
+    return 0.0 - cell["difference"], None if cell["ci95"] is None else flipped(cell["ci95"])
+
+
+VERDICT_COLORS = {"ahead": "#1a8a4a", "ahead, at the edge": "#7cc49a", "tie": "#888", "behind, at the edge": "#e39a8f",
+                  "behind": "#c0392b", "no paired CI": "#bbb"}
+
+
+def plot_board(board: list[dict[str, Any]]):
+    """The scoreboard as a figure: one panel per opponent, one row per task, TAP-PER's advantage with its paired
+    95% CI (right of zero: TAP-PER better), coloured by verdict; a rerun cell is an open marker."""
+    columns = board_columns(board)
+
+    def draw(fig) -> None:
+        cols = min(len(columns), 4)
+        nrows = -(-len(columns) // cols)
+        fig.set_size_inches(4.2 * cols, (0.26 * len(board) + 1.4) * nrows)
+        rows = board[::-1]  # first task on top
+        for i, column in enumerate(columns):
+            ax = fig.add_subplot(nrows, cols, i + 1)
+            ax.axvline(0.0, color="#444", lw=0.8)
+            for y, b in enumerate(rows):
+                cell = b["cells"].get(column)
+                if cell is None:
+                    continue
+                value, ci = advantage(cell, b["higher_better"])
+                color = VERDICT_COLORS[cell["verdict"]]
+                xerr = None if ci is None else [[value - ci[0]], [ci[1] - value]]
+                ax.errorbar(value, y, xerr=xerr, fmt="o", color=color, capsize=2, ms=5,
+                            mfc="white" if "rerun" in cell else color)
+            ax.set_yticks(range(len(rows)), [f"{b['label']} ({b['metric']})" for b in rows] if i % cols == 0
+                          else [], fontsize=7)
+            ax.set_ylim(-0.6, len(rows) - 0.4)
+            ax.grid(axis="y", color="#eee", lw=0.5)
+            ax.set_title(f"TAP-PER vs {column}", fontsize=9)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.set_xlabel("TAP-PER better ->  (task's metric; MAE negated)", fontsize=7)
+    return draw
 
 
 def _verdict_order(v: str) -> int:
@@ -428,6 +478,9 @@ def summarize(labels: list[str], results: Path, spreads: list[str] | None = None
                          "JSON's paired entries), which compare TAP-PER with each method but the floors; against the "
                          "control they exist for TAP-PER only.")
     notes += rerun_notes
+    notes.append(f"The scoreboard as a figure: {BOARD_PNG} (one panel per opponent, TAP-PER's advantage with its "
+                 "paired 95% CI, right of zero = TAP-PER better; an open marker is a rerun's cell). Below the "
+                 "tables, each task's methods with their own 95% CIs.")
     if over_seeds:
         notes.append("Over training seeds: each seed spread's own users and tables (its command is in "
                      "results/seed_spread_<label>.md); the pooled difference averages the seeds whose answers were "
@@ -461,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     except SummaryError as err:
         raise SystemExit(f"error: {err}") from None
     result.write_and_print(args.out)
+    save_plot(args.out / BOARD_PNG, plot_board(result.data["scoreboard"]))
+    print(f"wrote {args.out / BOARD_PNG}")
 
 
 if __name__ == "__main__":

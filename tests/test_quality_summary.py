@@ -224,6 +224,23 @@ def test_rag_fine_tuned_on_the_targets_fills_a_column_of_its_own_and_unrun_colum
     assert len(line.strip("|").split("|")) == len(columns)
 
 
+def test_the_scoreboard_figure_puts_tapper_s_advantage_right_of_zero_on_either_metric(results_dir: Path,
+                                                                                        tmp_path: Path):
+    out = tmp_path / "out"
+    quality_summary.main(["--results", str(results_dir), "--out", str(out)])
+    board = {b["label"]: b for b in json.loads((out / "quality_summary.json").read_text())["scoreboard"]}
+    # accuracy: TAP-PER minus the control as it is
+    assert quality_summary.advantage(board["LaMP_2N"]["cells"]["control"], True) == (
+        pytest.approx(0.07), pytest.approx([0.031, 0.125]))
+    # MAE: TAP-PER 0.21 below OPPU is an advantage of +0.21, its CI [-0.42, 0] turned to [0, +0.42]
+    value, ci = quality_summary.advantage(board["LaMP_3"]["cells"]["OPPU"], board["LaMP_3"]["higher_better"])
+    assert value == pytest.approx(0.21) and ci == pytest.approx([0.0, 0.42])
+    assert quality_summary.advantage(board["LaMP_3"]["cells"]["PPlug"], False)[1] is None  # no paired CI
+    assert quality_summary.board_columns(list(board.values())) == ["control", "OPPU", "PPlug", "best floor"]
+    assert (out / "quality_summary_scoreboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "quality_summary_scoreboard.png" in (out / "quality_summary.md").read_text()
+
+
 @pytest.mark.parametrize("rerun, message", [
     ("LaMP_2N=x", "expected LABEL:COLUMN=NAME"), ("LaMP_2N:Oracle=x", "no scoreboard column 'Oracle'"),
     ("LaMP_9:PAG=pag_rerun", "LaMP_9 is not one of the summarized labels"),
