@@ -258,17 +258,16 @@ def rerun_cell(path: Path, column: str, higher: bool) -> dict[str, Any]:
     return {**cell_of(method, float(diff), [float(ci[0]), float(ci[1])], higher), "rerun": path.stem}
 
 
-def apply_reruns(board: list[dict[str, Any]], tasks: list[dict[str, Any]], reruns: list[tuple[str, str, str]],
-                 results: Path) -> list[str]:
+def apply_reruns(board: list[dict[str, Any]], reruns: list[tuple[str, str, str]], results: Path) -> list[str]:
     """Replace each rerun's scoreboard cell (and the row's verdict counts); one note per replaced cell."""
-    by_label = {b["label"]: (b, t) for b, t in zip(board, tasks, strict=True)}
+    by_label = {b["label"]: b for b in board}
     notes = []
     for label, column, name in reruns:
         if label not in by_label:
             raise SummaryError(f"--rerun {label}:{column}={name}: {label} is not one of the summarized labels "
                                f"{sorted(by_label)}")
-        b, t = by_label[label]
-        new = rerun_cell(results / f"{name}.json", column, t["higher_better"])
+        b = by_label[label]
+        new = rerun_cell(results / f"{name}.json", column, b["higher_better"])
         old = b["cells"].get(column)
         b["cells"][column] = new
         b["counts"] = verdict_counts(b["cells"])
@@ -458,7 +457,7 @@ def summarize(labels: list[str], results: Path, spreads: list[str] | None = None
                       "paired_source": source, "rows": rows})
         tables.append(task_table(label, data, rows))
     board = scoreboard(tasks)
-    rerun_notes = apply_reruns(board, tasks, reruns or [], results)
+    rerun_notes = apply_reruns(board, reruns or [], results)
     spreads = default_spreads(results) if spreads is None else spreads
     over_seeds = [r for label in spreads for r in seed_rows(label, results / f"seed_spread_{label}.json")]
     commits = {t["label"]: t["commit"] for t in tasks}
