@@ -21,8 +21,9 @@ every table) is given by them: `--answers 1=results/answers/quality_LaMP_2_s2ep4
 
 The seeds must differ in nothing else. Kept results record the settings they read (since 8d6835c), and a seed's
 own table (`--table` beside its `--runs`: the table that run wrote to its --out) records its configs; a
-difference apart from the seed stops the report, naming the setting. What neither records is listed as not
-checked.
+difference apart from the seed stops the report, naming the setting. Each method is checked on the settings it
+reads (tapper.compare.runner.method_settings): RAG+targets run beside TAP-PER at 2 stage-2 epochs pools with
+TAP-PER at 4, as no RAG reads stage 2. What neither records is listed as not checked.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from quality_summary import (
 )
 
 from tapper.compare.report import ANSWERS_DIR, mean_difference_ci, run_differences
+from tapper.compare.runner import method_settings
 from tapper.data.records import LampSplit
 from tapper.experiment import primary_metric
 from tapper.metrics import evaluate
@@ -71,20 +73,24 @@ EXACT_NAMES = {"tapper": TAPPER, "tapper-int8": f"{TAPPER} (int8 user table)"}
 NAME_PREFIXES = {key: dict(OPPONENTS)[column] for key, column in SPREAD_NAMES.items()}
 
 
+def names_method(row: str, method: str) -> bool:
+    """Whether a row so named is method's (a --methods key with a known row name)."""
+    return row == EXACT_NAMES[method] if method in EXACT_NAMES else is_method(row, NAME_PREFIXES[method])
+
+
 def answers_of(files: list[tuple[Path, dict[str, dict[str, str]]]], method: str) -> dict[str, Any]:
     """{"name", "predictions"} of one method (a --methods key) in one seed's answers files, each read once as
     (path, read_answers_file(path)): exactly one row of all those files."""
     if method not in EXACT_NAMES and method not in NAME_PREFIXES:
         raise SystemExit(f"--answers: method {method!r} has no known row name; known: "
                          f"{sorted([*EXACT_NAMES, *NAME_PREFIXES])}")
-    found = [(f, name, answers) for f, rows in files for name, answers in rows.items()
-             if (name == EXACT_NAMES[method] if method in EXACT_NAMES else is_method(name, NAME_PREFIXES[method]))]
+    found = [(f, name, answers) for f, rows in files for name, answers in rows.items() if names_method(name, method)]
     if len(found) != 1:
         where = ", ".join(f"{name!r} in {f}" for f, name, _ in found) or "none"
         raise SystemExit(f"--answers: method {method!r} needs exactly one row among "
                          f"{', '.join(str(f) for f, _ in files)}; found {where}")
-    _, name, answers = found[0]
-    return {"name": name, "predictions": answers}
+    where, name, answers = found[0]
+    return {"name": name, "predictions": answers, "file": where}
 
 
 def answers_table(path: Path) -> Path | None:
@@ -118,6 +124,13 @@ def table_settings(path: Path, runs: Path | None = None) -> dict[str, Any]:
     if runs is not None and made_from and Path(made_from).resolve() != runs.resolve():
         raise SystemExit(f"{path}: made from the runs dir {made_from}, not {runs}")
     return {**data.get("model_config", {}), **data.get("train_config", {})}
+
+
+def settings_read(method: str, settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Of a table's (or a kept result's) settings, those `method` reads (tapper.compare.runner.method_settings):
+    a peer trained before stage 2 is the same run whatever TAP-PER's stage 2 was. Applied to kept results too,
+    so one recorded before the package knew better is read as it is known now."""
+    return None if settings is None else method_settings(method, settings)
 
 
 def check_same_settings(settings: dict[str, dict[str, Any] | None]) -> list[str]:
@@ -357,15 +370,28 @@ def main(argv: list[str] | None = None) -> None:
     golds = {q.id: target.gold(q.id) for q in target.questions}
     kept = read_methods(seeds, methods, target, others, answer_files)
     answers = {s: {m: kept[s][m]["predictions"] for m in methods} for s in kept}
-    recorded = {f"{result_file(d, m)}": (s, kept[s][m].get("settings_read"))  # a floor trains nothing
-                for s, d in seeds.items() for m in methods if not is_floor(m)}
-    beside = {s: [t for t in map(answers_table, fs) if t is not None] for s, fs in answer_files.items()}
-    # a result from before results recorded their settings is covered by its seed's own table, where given
-    unchecked = check_same_settings({
-        **{where: kept for where, (s, kept) in recorded.items() if kept is not None or s not in tables_of},
-        **{f"{f}": table_settings(f, seeds.get(s)) for s, fs in tables_of.items() for f in fs},
-        **{f"{t}": table_settings(t) for ts in beside.values() for t in ts},
-        **{f"{f}": None for s, fs in answer_files.items() if not beside[s] and s not in tables_of for f in fs}})
+    # Each method's settings, as it reads them: from its kept result, from the table its answers file was
+    # written beside, or from a seed's own table (for the methods that table has rows of). A result from before
+    # results recorded their settings is covered by its seed's own table, where given.
+    checked: dict[str, dict[str, Any] | None] = {}
+    for s in kept:
+        for m in filter(lambda m: not is_floor(m), methods):  # a floor trains nothing
+            if s in seeds:
+                where, read = f"{result_file(seeds[s], m)}", kept[s][m].get("settings_read")
+            else:
+                table = answers_table(kept[s][m]["file"])
+                where, read = (f"{table} ({m})", table_settings(table)) if table else (f"{kept[s][m]['file']}", None)
+            if read is not None or s not in tables_of:
+                checked[where] = settings_read(m, read)
+    for s, fs in tables_of.items():
+        for f in fs:
+            settings = table_settings(f, seeds.get(s))
+            rows = [r["method"] for r in json.loads(f.read_text(encoding="utf-8")).get("results", [])]
+            for m in methods:  # a method without a known row name: the whole table's settings, as they are
+                named = m in EXACT_NAMES or m in NAME_PREFIXES
+                if not is_floor(m) and (not named or any(names_method(r, m) for r in rows)):
+                    checked[f"{f} ({m})"] = settings_read(m, settings)
+    unchecked = check_same_settings(checked)
     only_tables = {s: fs[0] for s, fs in tables_of.items() if s not in seeds and s not in answer_files}
     names = {m: next(iter(kept.values()))[m]["name"] for m in methods}
     metric = primary_metric(target.task)[0]

@@ -303,6 +303,28 @@ def test_a_peer_variant_is_tagged_with_the_settings_its_peer_reads():
     assert method_settings("rag-targets", settings) == {"seed": 0}
 
 
+def test_a_stage2_setting_is_read_only_by_what_trains_in_or_after_stage_2(tmp_path: Path):
+    from tapper.compare import Runner
+    from tapper.experiment import VariantResult
+
+    settings = {"seed": 0, "stage1_lr": 1e-4, "stage2_lr": 1e-3, "stage2_epochs": 2.0}
+    for key in ("zero-shot", "task-lora", "rag", "pag", "rag-targets", "pag-targets", "perpcs"):
+        assert method_settings(key, settings) == {"seed": 0, "stage1_lr": 1e-4}, key
+    for key in ("tapper", "nonpersonal", "oppu", "pplug", "no-pu", "no-bridge"):
+        assert method_settings(key, settings) == settings, key
+    ran: list[str] = []
+
+    def make(name: str):
+        return lambda: ran.append(name) or VariantResult(name=name, metrics={"mae": 0.5}, per_user_params=0,
+                                                         train_seconds=1.0, predict_seconds=1.0)
+
+    for epochs in (2.0, 4.0):  # `--set stage2_epochs=4` on the same runs dir: RAG's kept result is taken
+        runner = Runner(tmp_path, False, {**settings, "stage2_epochs": epochs})
+        runner.get("rag", make(f"rag {epochs}"))
+        runner.get("nonpersonal", make(f"control {epochs}"))
+    assert ran == ["rag 2.0", "control 2.0", "control 4.0"]
+
+
 def test_rag_fine_tuned_on_the_targets_too_is_a_row_of_its_own(tmp_path: Path):
     res = CliRunner().invoke(app, [
         "compare", "--sample", "--model", "tiny", "--methods", "rag,rag-targets", "--max-users", "4",

@@ -270,10 +270,11 @@ def test_answers_files_give_each_method_its_one_row(tmp_path: Path):
     peers_run = _answers_file(tmp_path, "s1-peers", {"RAG (k=4, bm25, fine-tuned with records)": {"q1": "5"},
                                                      "TAP-PER without P_u": {"q1": "1"}})
     files = [(f, read_answers_file(f)) for f in (tapper_run, peers_run)]
-    assert answers_of(files, "tapper") == {"name": "TAP-PER", "predictions": {"q1": "4"}}  # not its int8 row
+    assert answers_of(files, "tapper") == {"name": "TAP-PER", "predictions": {"q1": "4"},  # not its int8 row
+                                           "file": tapper_run}
     assert answers_of(files, "tapper-int8")["predictions"] == {"q1": "3"}
     assert answers_of(files, "rag") == {"name": "RAG (k=4, bm25, fine-tuned with records)",
-                                        "predictions": {"q1": "5"}}
+                                        "predictions": {"q1": "5"}, "file": peers_run}
     assert answers_of(files, "no-pu")["predictions"] == {"q1": "1"}  # "TAP-PER without P_u" is not TAP-PER's
     with pytest.raises(SystemExit, match=r"method 'pag' needs exactly one row among .*s1-tapper.json, "
                                          r".*s1-peers.json; found none"):
@@ -310,8 +311,38 @@ def test_seeds_given_by_answers_files_pool_like_runs_dirs(tmp_path: Path, monkey
                                             encoding="utf-8")
     (results / "s1-tapper.json").write_text(json.dumps({"train_config": {"seed": 1, "stage2_epochs": 2}}),
                                             encoding="utf-8")
-    with pytest.raises(SystemExit, match="stage2_epochs=2 in .*s1-tapper.json, 4 in .*s2-tapper.json"):
+    with pytest.raises(SystemExit, match=r"stage2_epochs=2 in .*s1-tapper.json \(tapper\), 4 in .*s2-tapper.json"):
         main(["--task", "LaMP_3", "--label", "ans", "--out", str(tmp_path), *files])
+
+
+def test_each_method_is_checked_on_the_settings_it_reads(tmp_path: Path, monkeypatch):
+    """A peer trained before stage 2 (RAG+targets) may come from a table with another stage-2 length than
+    TAP-PER's of the same seed: pooled. A setting the peer reads (stage1_lr) still stops the report."""
+    import seed_spread
+    from test_pair_results import _rating_split
+
+    golds = {f"q{i}": str(1 + i % 5) for i in range(20)}
+    target = _rating_split({q: [3] for q in golds}, golds)
+    monkeypatch.setattr(seed_spread, "users", lambda args: (target, _rating_split({}, {})))
+    results = tmp_path / "results"
+    results.mkdir()
+    peer = "RAG+targets (k=4, bm25, fine-tuned with records and the targets' history pairs)"
+    files = []
+    for s, peer_epochs in (("0", 2), ("1", 4)):  # seed 0's peer was run beside TAP-PER at 2 epochs
+        for run, rows, epochs in (("tapper", {"TAP-PER": golds}, 4), ("peer", {peer: {q: "3" for q in golds}},
+                                                                         peer_epochs)):
+            answers = _answers_file(results, f"s{s}-{run}", rows,
+                                    {"seed": int(s), "stage2_epochs": epochs, "stage1_lr": 1e-4})
+            files += ["--answers", f"{s}={answers}"]
+    args = ["--task", "LaMP_3", "--label", "peer", "--out", str(tmp_path), "--methods", "tapper,rag-targets",
+            "--b", "rag-targets", *files]
+    main(args)
+    out = json.loads((tmp_path / "seed_spread_peer.json").read_text(encoding="utf-8"))
+    assert out["gaps"]["rag-targets"]["pooled"]["seeds"] == ["0", "1"]
+    (results / "s0-peer.json").write_text(json.dumps(
+        {"train_config": {"seed": 0, "stage2_epochs": 2, "stage1_lr": 3e-4}}), encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"stage1_lr=.*0.0003 in .*s0-peer.json \(rag-targets\)"):
+        main(args)
 
 
 def test_a_seed_is_given_by_its_runs_dir_or_its_answers_not_both(tmp_path: Path, capsys):

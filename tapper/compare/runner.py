@@ -28,6 +28,11 @@ PREFIX_KEYS = ("prefix_len", "top_k", "anchor_text", "use_time_decay", "use_orde
                "max_query_tokens")
 WITHOUT_PREFIX = {"zero-shot", "task-lora", "nonpersonal", "rag", "pag", "oppu", "perpcs", "pplug"}
 PAG_KEYS = ("pag_summarizer",)  # read by PAG alone
+# TAP-PER's stage 2, read also by the same-budget control (its budget), OPPU (which starts from the control) and
+# PPlug (its epochs): the methods below train nothing after stage 1 or train on their own recipe, so a sweep over
+# stage 2 neither retrains them nor counts as a settings change between their seeds.
+STAGE2_KEYS = ("stage2_lr", "stage2_epochs")
+WITHOUT_STAGE2 = {"zero-shot", "task-lora", "rag", "pag", "perpcs"}
 
 # Peers run with one of their options changed, each kept under its own key (and runs dir) beside the peer
 # itself; a variant reads the settings its peer reads.
@@ -63,6 +68,8 @@ def method_settings(key: str, settings: dict) -> dict:
         ignored |= set(PAG_KEYS)
     if method in WITHOUT_PREFIX:
         ignored |= {*USER_STATE_KEYS, *PREFIX_KEYS}
+    if method in WITHOUT_STAGE2:
+        ignored |= set(STAGE2_KEYS)
     elif key == "no-pu":
         ignored |= set(USER_STATE_KEYS)
     return {k: v for k, v in settings.items() if k not in ignored}
