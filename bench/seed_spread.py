@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         for f in fs:
             settings = table_settings(f, seeds.get(s))
             rows = [r["method"] for r in json.loads(f.read_text(encoding="utf-8")).get("results", [])]
-            for m in methods:  # a method without a known row name: the whole table's settings, as they are
+            for m in methods:  # a method without a known row name is checked on every table of its seed
                 named = m in EXACT_NAMES or m in NAME_PREFIXES
                 if not is_floor(m) and (not named or any(names_method(r, m) for r in rows)):
                     checked[f"{f} ({m})"] = settings_read(m, settings)
